@@ -1,0 +1,3 @@
+"""medinject: data-provenance ablations for LLM instruction tuning."""
+
+__version__ = "0.1.0"

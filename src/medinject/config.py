@@ -1,0 +1,214 @@
+"""Structured configs: the typed schema every file under `conf/` is merged into.
+
+`register()` puts `RunConfig` in Hydra's ConfigStore as `run_schema`; `conf/train.yaml` lists it first
+in its defaults, so each group file (`conf/model/tiny.yaml`, ...) is merged into a typed node and a
+misspelled key or a wrong type fails at compose time with Hydra's own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib.resources import files
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class Origin(str, Enum):
+    native = "native"
+    synthetic = "synthetic"
+    translated = "translated"
+
+
+class TaskType(str, Enum):
+    mcqu = "mcqu"  # multiple choice, exactly one correct option
+    mcq = "mcq"  # multiple choice, several correct options ("A, C")
+    oeq = "oeq"  # open-ended question
+
+
+class MixStrategy(str, Enum):
+    natural = "natural"
+    equal_budget = "equal_budget"
+
+
+class AdapterMethod(str, Enum):
+    lora = "lora"
+    dora = "dora"
+
+
+class Quantization(str, Enum):
+    nf4 = "nf4"
+    fp4 = "fp4"
+
+
+class LoggerKind(str, Enum):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class PathsConfig:
+    sample_data: str = MISSING  # the bundled sample, shipped inside the package
+    cache_dir: str = MISSING  # built tiny models and other reusable artefacts
+    output_dir: str = MISSING  # this run's directory (Hydra's run or sweep sub-directory)
+
+
+@dataclass
+class SourceConfig:
+    origin: Origin = MISSING
+    train: list[str] = MISSING  # JSONL files, or directories whose *.jsonl files are read in name order
+    description: str = ""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # the provenance configuration, e.g. "native+synthetic"
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    max_length: int = 512  # prompt + answer tokens; longer examples lose the start of their prompt
+    completion_only_loss: bool = True  # mask prompt tokens out of the loss
+
+
+@dataclass
+class MixConfig:
+    strategy: MixStrategy = MISSING
+    budget: Optional[int] = None  # equal_budget: total examples over all sources of the config
+
+
+@dataclass
+class TinyModelSpec:
+    """A Qwen3-architecture model with random weights, built offline (no hub)."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str = MISSING  # hub id or local directory, loaded with from_pretrained
+    build_tiny: Optional[TinyModelSpec] = None  # when set, `path` is built offline on first use
+    dtype: str = "float32"  # torch dtype of the weights that are not quantized
+    attn_implementation: Optional[str] = None  # flash_attention_2 falls back to sdpa when not installed
+    model_max_length: int = 2048
+
+
+@dataclass
+class AdapterConfig:
+    name: str = MISSING
+    method: AdapterMethod = AdapterMethod.lora
+    quantization: Optional[Quantization] = None  # bitsandbytes 4-bit base weights (QLoRA / QDoRA)
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    precision: str = "32-true"
+    max_steps: int = -1  # -1: run max_epochs
+    max_epochs: int = 1
+    batch_size: int = 4  # per device
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    gradient_checkpointing: bool = False
+    log_every_n_steps: int = 1
+    checkpoint_every_n_steps: int = 50
+    probe_batches: int = 2  # fixed training batches whose loss is measured before and after fitting
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.05  # of the optimizer steps, then cosine decay to 0
+
+
+@dataclass
+class TestSetConfig:
+    path: str = MISSING  # a JSONL file or a directory of them, rows in the bundled schema
+    description: str = ""
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    test_sets: dict[str, TestSetConfig] = field(default_factory=dict)
+    tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu])
+    batch_size: int = 16
+    max_new_tokens: int = 8
+    limit: Optional[int] = None  # at most this many items per test set and task (None: all)
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = MISSING
+    project: str = "medinject"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline
+    group: Optional[str] = None  # None: the sweep's directory name in a multirun, no group otherwise
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PromptConfig:
+    system: str = MISSING
+    task_hints: dict[str, str] = field(default_factory=dict)  # appended to the user turn, per task type
+
+
+@dataclass
+class RunConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    seed: int = 42
+
+
+def sample_data_dir() -> str:
+    return str(files("medinject") / "sample_data")
+
+
+def register() -> None:
+    """Register the schema and resolvers; safe to call more than once."""
+    if not OmegaConf.has_resolver("medinject.sample_data"):
+        OmegaConf.register_new_resolver("medinject.sample_data", sample_data_dir)
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python (enums as their names), for saving and logging."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+register()

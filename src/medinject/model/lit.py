@@ -1,0 +1,66 @@
+"""The training step, top to bottom: forward with labels, log, AdamW, cosine schedule with warmup.
+
+Gradient accumulation and clipping are the Trainer's (`trainer.accumulate_grad_batches`,
+`trainer.gradient_clip_val`). Checkpoints hold only the trainable (adapter) weights: the frozen base
+is reloaded from `model.path`, so a checkpoint of a 4B model stays a few tens of MB.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from transformers import get_cosine_schedule_with_warmup
+
+
+class AdapterFineTuning(L.LightningModule):
+    def __init__(self, model, optim_cfg: DictConfig):
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim_cfg
+        self.strict_loading = False  # checkpoints carry the adapter weights only
+        self.tokens_seen = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch, use_cache=False).loss
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log("train/tokens", float(self.tokens_seen), on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas), weight_decay=self.optim_cfg.weight_decay
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = math.ceil(self.optim_cfg.warmup_ratio * total)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
+
+    @torch.no_grad()
+    def mean_loss(self, loader) -> float:
+        """Token-weighted mean loss over a loader, in eval mode (no dropout)."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(self.model(**batch, use_cache=False).loss) * n
+            count += n
+        self.model.train(was_training)
+        return total / max(count, 1)

@@ -1,0 +1,119 @@
+"""Base model (tiny, local folder or hub id) -> optional bitsandbytes 4-bit weights -> peft adapter."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from medinject.errors import UserError
+from medinject.model.tiny import ensure_tiny
+
+log = logging.getLogger(__name__)
+
+
+def _dtype(name: str, key: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"{key}: {name!r} is not a torch dtype (float32, bfloat16, float16)")
+    return dtype
+
+
+def _attn_implementation(requested: str | None) -> str | None:
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        log.warning("flash-attn is not installed: using attn_implementation=sdpa instead of flash_attention_2")
+        return "sdpa"
+    return requested
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+
+
+def load_tokenizer_and_model(model_cfg: DictConfig, adapter_cfg: DictConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = model_cfg.path
+    if model_cfg.build_tiny is not None:
+        ensure_tiny(path, model_cfg.build_tiny, model_cfg.model_max_length)
+    if _looks_local(path) and not (Path(path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path: {path} is not a model folder (no config.json there)")
+
+    quantization = None
+    if adapter_cfg.quantization is not None:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=adapter_cfg.quantization.value,
+            bnb_4bit_use_double_quant=adapter_cfg.double_quant,
+            bnb_4bit_compute_dtype=_dtype(adapter_cfg.compute_dtype, "adapter.compute_dtype"),
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=model_cfg.model_max_length)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=_dtype(model_cfg.dtype, "model.dtype"),
+            quantization_config=quantization,
+            attn_implementation=_attn_implementation(model_cfg.attn_implementation),
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"model.path: cannot load {path!r}: {first_line}") from None
+    if quantization is not None:
+        _keep_cpu_4bit_weights_trainable(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise UserError(f"model.path: the tokenizer of {path!r} has no chat template")
+    return tokenizer, model
+
+
+def _keep_cpu_4bit_weights_trainable(model) -> None:
+    """bitsandbytes repacks a Linear4bit weight for fast CPU inference the first time the layer runs in
+    eval mode without grad, and from then on uses a kernel with no backward: gradients stop flowing
+    through the frozen base layers, silently (seen with bitsandbytes 0.50 on AVX512-BF16 CPUs). A run
+    evaluates its probe loss before training, so the repacking is switched off."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool):
+    """Wrap the base model in a peft LoRA / DoRA adapter; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if adapter_cfg.quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    config = LoraConfig(
+        r=adapter_cfg.r,
+        lora_alpha=adapter_cfg.alpha,
+        lora_dropout=adapter_cfg.dropout,
+        target_modules=list(adapter_cfg.target_modules),
+        use_dora=adapter_cfg.method.value == "dora",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise UserError(f"adapter.target_modules: {str(err).splitlines()[0]}") from None
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total); a 4-bit weight counts as its unpacked number of values."""
+    trainable = total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        n = math.prod(quant_state.shape) if quant_state is not None else param.numel()
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,19 @@
+"""Hydra entry point: `python train.py [overrides]`, `python train.py -m data=native,synthetic ...`.
+
+Composes `conf/train.yaml` and hands the config to `medinject.run.run`, which does the whole run.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from medinject.run import exit_on_user_error, run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
