@@ -1,0 +1,106 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from conftest import CONF, ROOT, compose_cfg
+
+DATA_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_the_seven_provenance_configs_are_in_conf_data():
+    assert DATA_CONFIGS == sorted(
+        ["native", "synthetic", "translated", "native+synthetic", "native+translated", "synthetic+translated", "native+synthetic+translated"]
+    )
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_every_data_config_composes_with_the_sources_its_name_lists(name):
+    cfg = compose_cfg(f"data={name}")
+    assert cfg.data.name == name
+    assert sorted(cfg.data.sources) == sorted(name.split("+"))
+    for source_name, source in cfg.data.sources.items():
+        assert source.origin.value == source_name
+        assert source.train and all(isinstance(p, str) for p in source.train)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.model.name and cfg.adapter.name and cfg.data.sources
+
+
+def test_defaults_are_tiny_qlora_bundled_sample_wandb_offline(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg()
+    assert cfg.model.name == "tiny-qwen3" and cfg.model.build_tiny is not None
+    assert cfg.adapter.quantization.value == "nf4" and cfg.adapter.double_quant
+    assert (cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout) == (16, 16, 0.05)
+    assert list(cfg.adapter.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert cfg.logger.kind.value == "wandb" and cfg.logger.mode.value == "offline"
+    assert cfg.data.sources.native.train[0].endswith("sample_data/native/train")
+
+
+def test_the_real_model_preset_points_at_the_hub_model():
+    cfg = compose_cfg("model=qwen3_4b_instruct", "adapter=qlora")
+    assert cfg.model.path == "Qwen/Qwen3-4B-Instruct-2507"
+    assert cfg.model.dtype == "bfloat16" and cfg.adapter.compute_dtype == "bfloat16"
+    assert cfg.model.build_tiny is None
+
+
+def test_misspelled_key_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("trainer.max_stepz=3")
+    assert isinstance(err.value.__cause__, (ConfigKeyError, ConfigAttributeError))
+    assert "Key 'max_stepz' not in 'TrainerConfig'" in str(err.value.__cause__)
+
+
+def test_misspelled_key_in_a_config_file_fails_at_compose_time(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "adapter" / "typo.yaml").write_text("name: typo\nmethod: lora\nrank: 8\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose("train", overrides=["adapter=typo"])
+    assert "In 'adapter/typo'" in str(err.value) and "Key 'rank' not in 'AdapterConfig'" in str(err.value)
+
+
+def test_wrong_type_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("trainer.max_steps=many")
+    assert isinstance(err.value.__cause__, ValidationError)
+
+
+def test_unknown_enum_value_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("adapter.quantization=int3")
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_cli_prints_the_composed_config():
+    result = _cli("--cfg", "job", "data=native+translated")
+    assert result.returncode == 0, result.stderr
+    assert "name: native+translated" in result.stdout
+    assert "quantization: nf4" in result.stdout
+
+
+def test_cli_unknown_data_config_lists_the_valid_options():
+    result = _cli("data=nope")
+    assert result.returncode != 0
+    assert "Could not find 'data/nope'" in result.stderr
+    for name in DATA_CONFIGS:
+        assert f"\t{name}\n" in result.stderr
+
+
+def test_cli_misspelled_key_fails_before_running():
+    result = _cli("trainer.max_stepz=3")
+    assert result.returncode != 0
+    assert "Key 'max_stepz' not in 'TrainerConfig'" in result.stderr

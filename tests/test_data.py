@@ -1,0 +1,151 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_cfg
+from medinject.config import MixStrategy, sample_data_dir
+from medinject.data.mix import select
+from medinject.data.module import collate, counts, load_training_examples
+from medinject.data.prompts import IGNORE_INDEX, encode
+from medinject.data.rows import load_rows, read_jsonl
+from medinject.errors import UserError
+
+SAMPLE = Path(sample_data_dir())
+
+
+@pytest.mark.parametrize("origin", ["native", "synthetic", "translated"])
+def test_bundled_training_sources_are_valid_and_big_enough(origin):
+    rows = load_rows([str(SAMPLE / origin / "train")], key="test", expected_origin=origin)
+    assert len(rows) >= 150
+    by_type = {t: sum(r.type == t for r in rows) for t in ("mcqu", "mcq", "oeq")}
+    assert all(n > 0 for n in by_type.values()), by_type
+    assert len({r.id for r in rows}) == len(rows), "duplicate rows"
+
+
+@pytest.mark.parametrize("origin", ["native", "translated"])
+def test_bundled_test_sets_have_40_items_per_task_and_do_not_overlap_training(origin):
+    test_rows = load_rows([str(SAMPLE / origin / "test")], key="test", expected_origin=origin)
+    for task in ("mcqu", "mcq", "oeq"):
+        assert sum(r.type == task for r in test_rows) >= 40, task
+    train_rows = [r for o in ("native", "synthetic", "translated") for r in load_rows([str(SAMPLE / o / "train")], key="t")]
+    train_questions = {(r.instruction.strip().lower(), r.context.strip().lower()) for r in train_rows}
+    leaked = [r for r in test_rows if (r.instruction.strip().lower(), r.context.strip().lower()) in train_questions]
+    assert not leaked
+
+
+GOOD = {"instruction": "Quel est le diagnostic ?", "context": "A. Un\nB. Deux\nC. Trois", "answer": "B", "type": "mcqu", "origin": "native"}
+
+
+@pytest.mark.parametrize(
+    "change,field,message",
+    [
+        ({"answer": "F"}, "answer", "not among the options"),
+        ({"answer": "A, B"}, "answer", "exactly one correct letter"),
+        ({"type": "qcm"}, "type", "is not one of"),
+        ({"origin": "translated"}, "origin", "in a file of the 'native' source"),
+        ({"context": "pas d'options"}, "context", "option lines"),
+        ({"answer": 3}, "answer", "expected a string"),
+        ({"instruction": None}, "instruction", "expected a string"),
+        ({"type": "mcq", "answer": "A ; C"}, "answer", "not letters joined by"),
+    ],
+)
+def test_bad_rows_are_reported_with_file_line_and_field(tmp_path, change, field, message):
+    path = tmp_path / "rows.jsonl"
+    bad = {**GOOD, **change}
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        read_jsonl(path, expected_origin="native")
+    text = str(err.value)
+    assert text.startswith(f"{path}:2: field '{field}'"), text
+    assert message in text and "\n" not in text
+
+
+def test_missing_field_and_broken_json_are_reported(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({k: v for k, v in GOOD.items() if k != "answer"}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"rows.jsonl:1: field 'answer': missing"):
+        read_jsonl(path)
+    path.write_text('{"instruction": \n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"rows.jsonl:1: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_missing_source_file_names_the_config_key(tmp_path):
+    cfg = compose_cfg(f"data.sources.native.train=[{tmp_path}/absent.jsonl]")
+    with pytest.raises(UserError, match=r"^data.sources.native.train: file not found: .*absent.jsonl$"):
+        load_training_examples(cfg)
+
+
+def _sources():
+    return {o: load_rows([str(SAMPLE / o / "train")], key="t", expected_origin=o) for o in ("native", "synthetic", "translated")}
+
+
+def test_equal_budget_gives_every_config_the_same_size_split_equally():
+    sources = _sources()
+    for names in (["native"], ["native", "synthetic"], ["native", "synthetic", "translated"]):
+        chosen = select({n: sources[n] for n in names}, MixStrategy.equal_budget, 120, seed=1)
+        assert len(chosen) == 120
+        assert {o: sum(c.values()) for o, c in counts(chosen).items()} == {n: 120 // len(names) for n in names}
+    uneven = select(sources, MixStrategy.equal_budget, 100, seed=1)
+    assert {o: sum(c.values()) for o, c in counts(uneven).items()} == {"native": 34, "synthetic": 33, "translated": 33}
+
+
+def test_selection_is_seeded_and_independent_of_source_order():
+    sources = _sources()
+    reordered = dict(reversed(list(sources.items())))
+    first = [e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=7)]
+    assert first == [e.id for e in select(reordered, MixStrategy.equal_budget, 90, seed=7)]
+    assert first == [e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=7)]
+    assert set(first) != {e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=8)}
+
+
+def test_natural_mix_takes_every_row():
+    sources = _sources()
+    assert len(select(sources, MixStrategy.natural, None, seed=0)) == sum(len(v) for v in sources.values())
+
+
+def test_a_source_too_small_for_its_share_says_by_how_much():
+    sources = _sources()
+    n = len(sources["native"])
+    with pytest.raises(UserError, match=rf"source 'native' has {n} training rows, 10 short of its equal share of {n + 10}"):
+        select({"native": sources["native"]}, MixStrategy.equal_budget, n + 10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from medinject.model.load import load_tokenizer_and_model
+
+    cfg = compose_cfg("adapter=lora")
+    tok, _ = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    return tok
+
+
+def test_completion_only_labels_mask_the_prompt_and_keep_the_answer(tokenizer):
+    example = _sources()["native"][0]
+    hints = {"mcqu": "Répondez par la lettre.", "mcq": "Répondez par les lettres."}
+    masked = encode(tokenizer, example, "Système.", hints, max_length=2048, completion_only=True)
+    full = encode(tokenizer, example, "Système.", hints, max_length=2048, completion_only=False)
+    assert masked["input_ids"] == full["input_ids"] and full["labels"] == full["input_ids"]
+    answer_positions = [i for i, label in enumerate(masked["labels"]) if label != IGNORE_INDEX]
+    assert answer_positions == list(range(answer_positions[0], len(masked["input_ids"])))
+    answer_text = tokenizer.decode([masked["input_ids"][i] for i in answer_positions])
+    assert answer_text.startswith(example.answer) and "<|im_end|>" in answer_text
+    assert "<|im_start|>assistant" in tokenizer.decode(masked["input_ids"][: answer_positions[0]])
+
+
+def test_overlong_examples_are_cut_or_dropped(tokenizer):
+    example = _sources()["synthetic"][0]
+    full = encode(tokenizer, example, "", {}, max_length=4096, completion_only=True)
+    prompt_len = sum(label == IGNORE_INDEX for label in full["labels"])
+    cut = encode(tokenizer, example, "", {}, max_length=prompt_len + 1, completion_only=True)
+    assert cut["keep"] and cut["truncated"] and len(cut["input_ids"]) == prompt_len + 1
+    dropped = encode(tokenizer, example, "", {}, max_length=prompt_len, completion_only=True)
+    assert not dropped["keep"]
+
+
+def test_collate_pads_right_and_masks_padding():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
