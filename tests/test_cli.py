@@ -1,0 +1,82 @@
+"""The real CLI (`python train.py ...` in a subprocess), on the production configs shrunk by experiment=smoke."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import CONF, ROOT
+
+SECRET_HF = "hf_plantedSecretValue123456789"
+SECRET_WANDB = "0123456789abcdefplantedwandbkey0123456789"
+
+
+def _train(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _train(
+        "experiment=smoke",
+        "logger=wandb",
+        "logger.mode=offline",
+        "logger.tags=[${oc.env:HF_TOKEN}]",  # a config that tries to carry a credential
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        env={"HF_TOKEN": SECRET_HF, "WANDB_API_KEY": SECRET_WANDB},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["metrics"]["eval/native/mcqu/n"] == 8
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
+
+    for secret in (SECRET_HF, SECRET_WANDB):
+        assert secret not in result.stdout + result.stderr
+        for path in run_dir.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    assert "***" in (run_dir / "config.yaml").read_text()
+
+
+def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _train("experiment=smoke", "logger=none", f"data.sources.native.train=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"medinject: error: data.sources.native.train: file not found: {tmp_path}/nope.jsonl"
+    assert "Traceback" not in result.stderr
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+
+
+def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = _train(
+        "-m",
+        "experiment=[provenance_sweep,smoke]",
+        "logger=csv",
+        "trainer.max_steps=4",
+        "eval.limit=4",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+    results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+    assert sorted(r["data"]["config"] for r in results) == expected
+    for r in results:
+        assert r["status"] == "completed"
+        assert r["data"]["n_examples"] == 48  # equal budget: same size, different provenance
+        assert sorted(r["data"]["counts"]) == sorted(r["data"]["config"].split("+"))
+        assert "eval/translated/mcq/hamming" in r["metrics"]
+        assert Path(r["run_dir"]).parent == sweep_dir
