@@ -51,10 +51,10 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
 
 def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path):
     run_dir = tmp_path / "run"
-    result = _train("experiment=smoke", "logger=none", f"data.sources.native.train=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
+    result = _train("experiment=smoke", "logger=none", f"data.sources.native.files=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last == f"medinject: error: data.sources.native.train: file not found: {tmp_path}/nope.jsonl"
+    assert last == f"medinject: error: data.sources.native.files: file not found: {tmp_path}/nope.jsonl"
     assert "Traceback" not in result.stderr
     assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
 

@@ -26,7 +26,7 @@ def test_every_data_config_composes_with_the_sources_its_name_lists(name):
     assert sorted(cfg.data.sources) == sorted(name.split("+"))
     for source_name, source in cfg.data.sources.items():
         assert source.origin.value == source_name
-        assert source.train and all(isinstance(p, str) for p in source.train)
+        assert source.files and all(isinstance(p, str) for p in source.files)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -43,7 +43,7 @@ def test_defaults_are_tiny_qlora_bundled_sample_wandb_offline(monkeypatch):
     assert (cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout) == (16, 16, 0.05)
     assert list(cfg.adapter.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert cfg.logger.kind.value == "wandb" and cfg.logger.mode.value == "offline"
-    assert cfg.data.sources.native.train[0].endswith("sample_data/native/train")
+    assert cfg.data.sources.native.files[0].endswith("sample_data/native/train")
 
 
 def test_the_real_model_preset_points_at_the_hub_model():

@@ -3,15 +3,32 @@ from pathlib import Path
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from conftest import compose_cfg
-from medinject.config import MixStrategy, sample_data_dir
+from medinject.config import MixConfig, SourceConfig, sample_data_dir
 from medinject.data.mix import select
-from medinject.data.module import collate, counts, load_training_examples
-from medinject.data.prompts import IGNORE_INDEX, encode
-from medinject.data.rows import load_rows, read_jsonl
+from medinject.data.module import collate_padded, tokenize
+from medinject.data.prepare import counts, prepare_data
+from medinject.data.prompts import IGNORE_INDEX
+from medinject.data.sources import load_source
 from medinject.errors import UserError
 
 SAMPLE = Path(sample_data_dir())
+PATHS = OmegaConf.create({"medinjection": None})
+
+
+def load_rows(files, key="test", expected_origin=None):
+    src = OmegaConf.merge(OmegaConf.structured(SourceConfig), {"files": files, "origin": expected_origin, "format": "jsonl"})
+    return load_source(src, PATHS, key).rows
+
+
+def read_jsonl(path, expected_origin=None):
+    return load_rows([str(path)], expected_origin=expected_origin)
+
+
+def mix(strategy, budget=None, **extra):
+    return OmegaConf.merge(OmegaConf.structured(MixConfig), {"strategy": strategy, "budget": budget, **extra})
 
 
 @pytest.mark.parametrize("origin", ["native", "synthetic", "translated"])
@@ -28,7 +45,7 @@ def test_bundled_test_sets_have_40_items_per_task_and_do_not_overlap_training(or
     test_rows = load_rows([str(SAMPLE / origin / "test")], key="test", expected_origin=origin)
     for task in ("mcqu", "mcq", "oeq"):
         assert sum(r.type == task for r in test_rows) >= 40, task
-    train_rows = [r for o in ("native", "synthetic", "translated") for r in load_rows([str(SAMPLE / o / "train")], key="t")]
+    train_rows = [r for o in ("native", "synthetic", "translated") for r in load_rows([str(SAMPLE / o / "train")])]
     train_questions = {(r.instruction.strip().lower(), r.context.strip().lower()) for r in train_rows}
     leaked = [r for r in test_rows if (r.instruction.strip().lower(), r.context.strip().lower()) in train_questions]
     assert not leaked
@@ -43,10 +60,10 @@ GOOD = {"instruction": "Quel est le diagnostic ?", "context": "A. Un\nB. Deux\nC
         ({"answer": "F"}, "answer", "not among the options"),
         ({"answer": "A, B"}, "answer", "exactly one correct letter"),
         ({"type": "qcm"}, "type", "is not one of"),
-        ({"origin": "translated"}, "origin", "in a file of the 'native' source"),
-        ({"context": "pas d'options"}, "context", "option lines"),
+        ({"origin": "translated"}, "origin", "in a source whose origin is 'native'"),
+        ({"context": "pas d'options"}, "context", "needs at least two options"),
         ({"answer": 3}, "answer", "expected a string"),
-        ({"instruction": None}, "instruction", "expected a string"),
+        ({"instruction": None}, "instruction", "missing"),
         ({"type": "mcq", "answer": "A ; C"}, "answer", "not letters joined by"),
     ],
 )
@@ -72,44 +89,44 @@ def test_missing_field_and_broken_json_are_reported(tmp_path):
 
 
 def test_missing_source_file_names_the_config_key(tmp_path):
-    cfg = compose_cfg(f"data.sources.native.train=[{tmp_path}/absent.jsonl]")
-    with pytest.raises(UserError, match=r"^data.sources.native.train: file not found: .*absent.jsonl$"):
-        load_training_examples(cfg)
+    cfg = compose_cfg(f"data.sources.native.files=[{tmp_path}/absent.jsonl]")
+    with pytest.raises(UserError, match=r"^data.sources.native.files: file not found: .*absent.jsonl$"):
+        prepare_data(cfg)
 
 
 def _sources():
-    return {o: load_rows([str(SAMPLE / o / "train")], key="t", expected_origin=o) for o in ("native", "synthetic", "translated")}
+    return {o: load_rows([str(SAMPLE / o / "train")], expected_origin=o) for o in ("native", "synthetic", "translated")}
 
 
 def test_equal_budget_gives_every_config_the_same_size_split_equally():
     sources = _sources()
     for names in (["native"], ["native", "synthetic"], ["native", "synthetic", "translated"]):
-        chosen = select({n: sources[n] for n in names}, MixStrategy.equal_budget, 120, seed=1)
+        chosen = select({n: sources[n] for n in names}, mix("equal_budget", 120), seed=1)
         assert len(chosen) == 120
         assert {o: sum(c.values()) for o, c in counts(chosen).items()} == {n: 120 // len(names) for n in names}
-    uneven = select(sources, MixStrategy.equal_budget, 100, seed=1)
+    uneven = select(sources, mix("equal_budget", 100), seed=1)
     assert {o: sum(c.values()) for o, c in counts(uneven).items()} == {"native": 34, "synthetic": 33, "translated": 33}
 
 
 def test_selection_is_seeded_and_independent_of_source_order():
     sources = _sources()
     reordered = dict(reversed(list(sources.items())))
-    first = [e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=7)]
-    assert first == [e.id for e in select(reordered, MixStrategy.equal_budget, 90, seed=7)]
-    assert first == [e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=7)]
-    assert set(first) != {e.id for e in select(sources, MixStrategy.equal_budget, 90, seed=8)}
+    first = [e.id for e in select(sources, mix("equal_budget", 90), seed=7)]
+    assert first == [e.id for e in select(reordered, mix("equal_budget", 90), seed=7)]
+    assert first == [e.id for e in select(sources, mix("equal_budget", 90), seed=7)]
+    assert set(first) != {e.id for e in select(sources, mix("equal_budget", 90), seed=8)}
 
 
 def test_natural_mix_takes_every_row():
     sources = _sources()
-    assert len(select(sources, MixStrategy.natural, None, seed=0)) == sum(len(v) for v in sources.values())
+    assert len(select(sources, mix("natural"), seed=0)) == sum(len(v) for v in sources.values())
 
 
 def test_a_source_too_small_for_its_share_says_by_how_much():
     sources = _sources()
     n = len(sources["native"])
     with pytest.raises(UserError, match=rf"source 'native' has {n} training rows, 10 short of its equal share of {n + 10}"):
-        select({"native": sources["native"]}, MixStrategy.equal_budget, n + 10, seed=0)
+        select({"native": sources["native"]}, mix("equal_budget", n + 10), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -121,31 +138,39 @@ def tokenizer():
     return tok
 
 
+def _tokenize(tokenizer, examples, *overrides):
+    cfg = compose_cfg("data.cache=false", *overrides)
+    dataset, stats = tokenize(examples, tokenizer, cfg)
+    return dataset, stats
+
+
 def test_completion_only_labels_mask_the_prompt_and_keep_the_answer(tokenizer):
     example = _sources()["native"][0]
-    hints = {"mcqu": "Répondez par la lettre.", "mcq": "Répondez par les lettres."}
-    masked = encode(tokenizer, example, "Système.", hints, max_length=2048, completion_only=True)
-    full = encode(tokenizer, example, "Système.", hints, max_length=2048, completion_only=False)
+    masked = _tokenize(tokenizer, [example])[0][0]
+    full = _tokenize(tokenizer, [example], "data.completion_only_loss=false")[0][0]
     assert masked["input_ids"] == full["input_ids"] and full["labels"] == full["input_ids"]
     answer_positions = [i for i, label in enumerate(masked["labels"]) if label != IGNORE_INDEX]
     assert answer_positions == list(range(answer_positions[0], len(masked["input_ids"])))
     answer_text = tokenizer.decode([masked["input_ids"][i] for i in answer_positions])
     assert answer_text.startswith(example.answer) and "<|im_end|>" in answer_text
-    assert "<|im_start|>assistant" in tokenizer.decode(masked["input_ids"][: answer_positions[0]])
+    prompt = tokenizer.decode(masked["input_ids"][: answer_positions[0]])
+    assert prompt.endswith("<|im_start|>assistant\n") and example.instruction.strip() in prompt
 
 
-def test_overlong_examples_are_cut_or_dropped(tokenizer):
+def test_overlong_examples_are_cut_or_dropped_and_counted(tokenizer):
     example = _sources()["synthetic"][0]
-    full = encode(tokenizer, example, "", {}, max_length=4096, completion_only=True)
+    full = _tokenize(tokenizer, [example], "data.max_length=4096")[0][0]
     prompt_len = sum(label == IGNORE_INDEX for label in full["labels"])
-    cut = encode(tokenizer, example, "", {}, max_length=prompt_len + 1, completion_only=True)
-    assert cut["keep"] and cut["truncated"] and len(cut["input_ids"]) == prompt_len + 1
-    dropped = encode(tokenizer, example, "", {}, max_length=prompt_len, completion_only=True)
-    assert not dropped["keep"]
+    cut, stats = _tokenize(tokenizer, [example], f"data.max_length={prompt_len + 1}")
+    assert len(cut) == 1 and stats["truncated"] == 1 and len(cut[0]["input_ids"]) == prompt_len + 1
+    _, stats = _tokenize(tokenizer, [example, _sources()["native"][1]], f"data.max_length={prompt_len + 1}", "data.overlong=drop")
+    assert stats["dropped_overlong"] >= 1
+    with pytest.raises(UserError, match="data.max_length"):
+        _tokenize(tokenizer, [example], f"data.max_length={prompt_len}")
 
 
 def test_collate_pads_right_and_masks_padding():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    batch = collate_padded([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

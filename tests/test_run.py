@@ -53,8 +53,8 @@ def test_runs_are_reproducible_with_a_fixed_seed(smoke_cfg, tmp_path):
 
 
 def test_a_failed_run_never_claims_success(smoke_cfg, tmp_path):
-    cfg = smoke_cfg(f"data.sources.native.train=[{tmp_path}/missing.jsonl]")
-    with pytest.raises(UserError, match="data.sources.native.train: file not found"):
+    cfg = smoke_cfg(f"data.sources.native.files=[{tmp_path}/missing.jsonl]")
+    with pytest.raises(UserError, match="data.sources.native.files: file not found"):
         run(cfg)
     results = json.loads(open(f"{cfg.paths.output_dir}/results.json").read())
     assert results["status"] == "failed"

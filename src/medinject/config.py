@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+import os
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -31,6 +33,37 @@ class TaskType(str, Enum):
 class MixStrategy(str, Enum):
     natural = "natural"
     equal_budget = "equal_budget"
+    weighted = "weighted"
+
+
+class TaskBalance(str, Enum):
+    source = "source"  # per-task proportions follow the source's own
+    balanced = "balanced"  # each source's share is split equally across its task types
+
+
+class SourceFormat(str, Enum):
+    auto = "auto"  # the MedInjection-FR download under paths.medinjection when set, else `files`
+    jsonl = "jsonl"  # JSON Lines files (or directories of *.jsonl), `columns` maps their names
+    parquet = "parquet"  # parquet files (or directories of *.parquet), `columns` maps their names
+    medinjection_all = "medinjection_all"  # <root>/ALL: parquet splits, the `origin` column selects
+    medinjection_source = "medinjection_source"  # <root>/<subset>/{Train,Validation,Test}/{mcq,mcqu,oeq}/*.json
+    chat_json = "chat_json"  # JSON lists of {messages, classes, answer} evaluation items
+    hub = "hub"  # datasets.load_dataset(hub_id, hub_config, split=split), for users who are online
+
+
+class OnBadRow(str, Enum):
+    error = "error"  # stop at the first bad row, naming file, row and field
+    skip = "skip"  # drop bad rows; the manifest counts them by reason
+
+
+class Overlong(str, Enum):
+    truncate = "truncate"  # cut the answer at max_length (an example whose prompt fills it is dropped)
+    drop = "drop"  # leave out every example longer than max_length
+
+
+class Batching(str, Enum):
+    padding_free = "padding_free"  # a batch's examples concatenated into one row, positions restarting
+    padded = "padded"  # right-padded to the longest example of the batch
 
 
 class AdapterMethod(str, Enum):
@@ -58,29 +91,56 @@ class WandbMode(str, Enum):
 @dataclass
 class PathsConfig:
     sample_data: str = MISSING  # the bundled sample, shipped inside the package
+    medinjection: Optional[str] = None  # a MedInjection-FR download (holds ALL/ or Native/, Synthetic/, Translated/)
     cache_dir: str = MISSING  # built tiny models and other reusable artefacts
     output_dir: str = MISSING  # this run's directory (Hydra's run or sweep sub-directory)
 
 
 @dataclass
 class SourceConfig:
-    origin: Origin = MISSING
-    train: list[str] = MISSING  # JSONL files, or directories whose *.jsonl files are read in name order
+    """Where rows come from; used for training sources (`data.sources.*`) and test sets (`eval.test_sets.*`)."""
+
+    origin: Optional[Origin] = None  # rows without an origin column get this one; rows with another are refused
+    format: SourceFormat = SourceFormat.auto
+    files: list[str] = field(default_factory=list)  # jsonl / parquet / chat_json: files or directories
+    subset: Optional[str] = None  # medinjection layouts: Native | Synthetic | Translated
+    split: str = "train"  # train | validation | test
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    columns: dict[str, str] = field(default_factory=dict)  # our field -> the column name in the files
     description: str = ""
+
+
+@dataclass
+class ContaminationConfig:
+    ngram: int = 8  # words per shingle for near-duplicate detection
+    threshold: float = 0.5  # share of a test item's shingles found in a training row that marks it
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING  # the provenance configuration, e.g. "native+synthetic"
     sources: dict[str, SourceConfig] = field(default_factory=dict)
-    max_length: int = 512  # prompt + answer tokens; longer examples lose the start of their prompt
+    on_bad_row: OnBadRow = OnBadRow.error
+    decontaminate: bool = True  # drop training rows that match a test item (false: only report them)
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    max_length: int = 512  # prompt + answer tokens
+    overlong: Overlong = Overlong.truncate
     completion_only_loss: bool = True  # mask prompt tokens out of the loss
+    batching: Batching = Batching.padding_free
+    group_by_length: bool = True  # padded batching: batches of similar lengths (less padding)
+    cache: bool = True  # reuse selections and tokenized sets keyed by content hashes
 
 
 @dataclass
 class MixConfig:
     strategy: MixStrategy = MISSING
-    budget: Optional[int] = None  # equal_budget: total examples over all sources of the config
+    budget: Optional[int] = None  # equal_budget / weighted: total examples over all sources of the config
+    task_balance: TaskBalance = TaskBalance.source
+    # weighted: source name -> share, summing to 1. Typed Any because a typed dict in struct mode
+    # refuses new keys from a `mix.weights={native:0.7,...}` override; mix.py checks the values.
+    weights: Any = None
+    allow_repeat: bool = False  # weighted: repeat a source's rows when its share exceeds them
 
 
 @dataclass
@@ -149,15 +209,9 @@ class OptimConfig:
 
 
 @dataclass
-class TestSetConfig:
-    path: str = MISSING  # a JSONL file or a directory of them, rows in the bundled schema
-    description: str = ""
-
-
-@dataclass
 class EvalConfig:
     name: str = MISSING
-    test_sets: dict[str, TestSetConfig] = field(default_factory=dict)
+    test_sets: dict[str, SourceConfig] = field(default_factory=dict)
     tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu])
     batch_size: int = 16
     max_new_tokens: int = 8
@@ -193,6 +247,15 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 42
+
+
+def conf_dir() -> str:
+    """The `conf/` folder for entry points other than train.py: $MEDINJECT_CONF, ./conf, or the checkout's."""
+    if env := os.environ.get("MEDINJECT_CONF"):
+        return str(Path(env).resolve())
+    if (Path.cwd() / "conf" / "train.yaml").is_file():
+        return str(Path.cwd() / "conf")
+    return str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def sample_data_dir() -> str:

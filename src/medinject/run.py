@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import medinject.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
 from medinject.config import LoggerKind, to_container
-from medinject.data.module import InstructionDataModule, counts, load_training_examples
+from medinject.data.module import InstructionDataModule
+from medinject.data.prepare import prepare_data, write_records
 from medinject.errors import UserError
-from medinject.eval.runner import evaluate_model, load_test_items
+from medinject.eval.runner import eval_items, evaluate_model
 from medinject.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medinject.model.lit import AdapterFineTuning
 from medinject.model.load import attach_adapter, load_tokenizer_and_model, parameter_counts
@@ -86,15 +87,19 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     with _stage(record, "data"):
-        examples = load_training_examples(cfg)
-        test_items = load_test_items(cfg)  # read now: a bad test file fails the run before training
+        prepared = prepare_data(cfg)  # test sets are read here too: a bad one fails before training
+        write_records(prepared, out_dir)
+        examples = prepared.examples
+        test_items = eval_items(cfg, prepared.test_rows)
         record["data"] = {
             "config": cfg.data.name,
             "sources": sorted(cfg.data.sources),
             "mix": to_container(cfg.mix),
             "seed": cfg.seed,
             "n_examples": len(examples),
-            "counts": counts(examples),
+            "counts": prepared.manifest["counts"],
+            "contaminated_rows": prepared.manifest["contaminated_rows"],
+            "selected_ids_sha256": prepared.manifest["selected_ids_sha256"],
         }
 
     with _stage(record, "model"):
@@ -113,7 +118,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         log.info("model %s: %d trainable of %d parameters", cfg.model.name, trainable, total)
 
     with _stage(record, "tokenize"):
-        datamodule = InstructionDataModule(cfg, tokenizer, examples)
+        datamodule = InstructionDataModule(cfg, tokenizer, examples, prepared.manifest["files"])
         datamodule.setup("fit")
         record["data"]["tokenized"] = datamodule.stats
 
@@ -163,6 +168,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         "train/probe_loss_end": loss_end,
         "train/optimizer_steps": float(trainer.global_step),
         "train/tokens": float(module.tokens_seen),
+        "train/pad_fraction": module.pad_fraction,
         **eval_metrics,
     }
     if logger:

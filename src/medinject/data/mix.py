@@ -1,41 +1,92 @@
 """Choose a run's training examples from its sources (`conf/mix/*.yaml` says what each strategy means).
 
-Selection depends only on the rows of each source and the seed: it does not depend on the order in
-which sources are listed, and the same seed always selects the same examples.
+Each source's rows are put in a seeded order (a hash of the seed and the row's content id) and the
+first rows of that order are taken. Selection therefore depends only on each source's rows, the
+seed and the mix parameters: not on the order in which sources are listed, nor on file order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
-from medinject.config import MixStrategy
+from omegaconf import DictConfig
+
+from medinject.config import MixStrategy, TaskBalance
 from medinject.data.rows import Example
 from medinject.errors import UserError
 
 
-def _rank(example: Example, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{example.id}".encode()).hexdigest()
+def _ranked(rows: list[Example], seed: int) -> list[Example]:
+    return sorted(rows, key=lambda e: (hashlib.sha256(f"{seed}:{e.id}".encode()).digest(), e.file, e.line))
 
 
-def select(rows_by_source: dict[str, list[Example]], strategy: MixStrategy, budget: int | None, seed: int) -> list[Example]:
+def _split_evenly(total: int, names: list[str]) -> dict[str, int]:
+    share, extra = divmod(total, len(names))
+    return {name: share + (1 if i < extra else 0) for i, name in enumerate(names)}
+
+
+def _take(name: str, rows: list[Example], want: int, seed: int, balance: TaskBalance, allow_repeat: bool, why: str) -> list[Example]:
+    if balance == TaskBalance.balanced:
+        by_type: dict[str, list[Example]] = {}
+        for row in rows:
+            by_type.setdefault(row.type, []).append(row)
+        quotas = _split_evenly(want, sorted(by_type))
+        return [ex for t, n in quotas.items() for ex in _take(f"{name}/{t}", by_type[t], n, seed, TaskBalance.source, allow_repeat, why)]
+    ranked = _ranked(rows, seed)
+    if want <= len(ranked):
+        return ranked[:want]
+    if not allow_repeat:
+        raise UserError(f"mix.budget: source '{name}' has {len(ranked)} training rows, {want - len(ranked)} short of its {why} of {want}")
+    passes, rest = divmod(want, len(ranked))
+    return ranked * passes + _ranked(rows, seed + passes)[:rest]
+
+
+def _weighted_quotas(weights: dict, names: list[str], budget: int) -> dict[str, int]:
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights.values()):
+        raise UserError(f"mix.weights: weights must be numbers, got {weights}")
+    if sorted(weights) != names:
+        raise UserError(f"mix.weights: needs exactly the sources {', '.join(names)}, got {', '.join(sorted(weights)) or 'none'}")
+    if any(w < 0 for w in weights.values()):
+        raise UserError(f"mix.weights: weights must not be negative, got {dict(sorted(weights.items()))}")
+    if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+        raise UserError(f"mix.weights: weights must sum to 1, they sum to {sum(weights.values()):g}")
+    exact = {name: weights[name] * budget for name in names}
+    quotas = {name: math.floor(v) for name, v in exact.items()}
+    by_remainder = sorted(names, key=lambda n: (-(exact[n] - quotas[n]), n))
+    for name in by_remainder[: budget - sum(quotas.values())]:
+        quotas[name] += 1
+    return quotas
+
+
+def _as_dict(weights) -> dict:
+    if weights is None:
+        return {}
+    if not isinstance(weights, DictConfig):
+        raise UserError(f"mix.weights: expected a mapping of source names to shares, got {weights!r}")
+    return {str(k): v for k, v in weights.items()}
+
+
+def select(rows_by_source: dict[str, list[Example]], mix: DictConfig, seed: int) -> list[Example]:
     names = sorted(rows_by_source)
     if not names:
         raise UserError("data.sources: a provenance configuration needs at least one source")
+    strategy = mix.strategy
     if strategy == MixStrategy.natural:
-        return [ex for name in names for ex in sorted(rows_by_source[name], key=lambda e: _rank(e, seed))]
+        return [ex for name in names for ex in _ranked(rows_by_source[name], seed)]
+    budget = mix.budget
+    if budget is None or budget <= 0:
+        raise UserError(f"mix.budget: {strategy.value} needs a positive budget, got {budget}")
     if strategy == MixStrategy.equal_budget:
-        if budget is None or budget < len(names):
-            raise UserError(f"mix.budget: equal_budget needs a budget of at least {len(names)} (one per source), got {budget}")
-        share, extra = divmod(budget, len(names))
-        chosen: list[Example] = []
-        for i, name in enumerate(names):
-            want = share + (1 if i < extra else 0)
-            have = rows_by_source[name]
-            if want > len(have):
-                raise UserError(
-                    f"mix.budget: source '{name}' has {len(have)} training rows, {want - len(have)} short of its "
-                    f"equal share of {want} (budget {budget} over {len(names)} sources)"
-                )
-            chosen.extend(sorted(have, key=lambda e: _rank(e, seed))[:want])
-        return chosen
-    raise UserError(f"mix.strategy: unknown strategy {strategy!r}")
+        if budget < len(names):
+            raise UserError(f"mix.budget: {budget} cannot be split equally over {len(names)} sources")
+        quotas, why, repeat = _split_evenly(budget, names), "equal share", False
+    elif strategy == MixStrategy.weighted:
+        quotas, why, repeat = _weighted_quotas(_as_dict(mix.weights), names, budget), "weighted share", mix.allow_repeat
+    else:
+        raise UserError(f"mix.strategy: unknown strategy {strategy!r}")
+    return [
+        ex
+        for name in names
+        for ex in _take(name, rows_by_source[name], quotas[name], seed, mix.task_balance, repeat, why)
+    ]

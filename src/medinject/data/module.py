@@ -1,45 +1,125 @@
-"""The data stage of a run: sources -> validated rows -> mix -> chat template -> tokens -> batches."""
+"""Selected examples -> chat template -> tokens (cached) -> batches with little or no padding.
+
+Tokenized sets are Arrow datasets saved under `<cache_dir>/tokens/<key>` and memory-mapped back. The
+key covers the selected examples' content ids, the source files' content hashes, the tokenizer
+(its full serialization and chat template), the prompt config, max length, overflow policy and loss
+masking, so an edited source file or another tokenizer never reuses a stale cache.
+
+Batching: `padding_free` (default) concatenates a batch's examples into one row with positions
+restarting at each example; the model must then run with `use_cache=False`, which is what makes
+transformers treat the restarts as sequence boundaries. `padded` right-pads to the longest example
+and, with `group_by_length`, draws batches of similar lengths.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
-from collections import Counter
-from dataclasses import asdict
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
 
 import datasets
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
-from medinject.data.mix import select
-from medinject.data.prompts import IGNORE_INDEX, encode
-from medinject.data.rows import Example, load_rows
+from medinject.config import Batching, Overlong, to_container
+from medinject.data.prompts import IGNORE_INDEX, completion_text, prompt_text
+from medinject.data.rows import Example
 from medinject.errors import UserError
 
 log = logging.getLogger(__name__)
 
+TOKENS_VERSION = "tokens-v1"  # bump when tokenization changes
 
-def load_training_examples(cfg: DictConfig) -> list[Example]:
-    """Read every source of the provenance config and apply the mix strategy."""
-    rows_by_source = {
-        name: load_rows(list(src.train), key=f"data.sources.{name}.train", expected_origin=src.origin.value)
-        for name, src in cfg.data.sources.items()
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    serialized = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = json.dumps([tokenizer.chat_template, tokenizer.eos_token, tokenizer.pad_token, type(tokenizer).__name__])
+    return hashlib.sha256((serialized + extra).encode()).hexdigest()
+
+
+def tokens_key(examples: list[Example], files: dict[str, str], tokenizer, cfg: DictConfig) -> str:
+    parts = [
+        TOKENS_VERSION,
+        [e.id for e in examples],
+        files,
+        tokenizer_fingerprint(tokenizer),
+        to_container(cfg.prompt),
+        cfg.data.max_length,
+        cfg.data.overlong.value,
+        cfg.data.completion_only_loss,
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datasets.Dataset, dict]:
+    """input_ids / labels per example (datasets.map, batched), over-long ones cut or dropped."""
+    system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
+    max_length, completion_only = cfg.data.max_length, cfg.data.completion_only_loss
+    drop_all_overlong = cfg.data.overlong == Overlong.drop
+
+    def encode_batch(batch: dict) -> dict:
+        rows = [Example(**{k: batch[k][i] for k in batch} | {"options": tuple(batch["options"][i])}) for i in range(len(batch["id"]))]
+        prompts = [prompt_text(tokenizer, ex, system, hints) for ex in rows]
+        completions = [completion_text(tokenizer, ex, system, hints, p) for ex, p in zip(rows, prompts)]
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+        out = {"input_ids": [], "labels": [], "keep": [], "truncated": []}
+        for p, c in zip(prompt_ids, completion_ids):
+            too_long = len(p) + len(c) > max_length
+            out["keep"].append(len(p) < max_length and not (drop_all_overlong and too_long))
+            out["truncated"].append(too_long)
+            out["input_ids"].append((p + c)[:max_length])
+            out["labels"].append(([IGNORE_INDEX] * len(p) if completion_only else list(p)) + c)
+            out["labels"][-1] = out["labels"][-1][:max_length]
+        return out
+
+    rows = datasets.Dataset.from_list([dataclasses.asdict(ex) for ex in examples])
+    encoded = rows.map(encode_batch, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenize")
+    kept = encoded.filter(lambda keep: keep, input_columns="keep", batched=False)
+    stats = {
+        "examples": len(rows),
+        "dropped_overlong": len(rows) - len(kept),
+        "truncated": int(sum(t and k for t, k in zip(encoded["truncated"], encoded["keep"]))),
+        "tokens": int(sum(len(ids) for ids in kept["input_ids"])),
     }
-    for name, rows in rows_by_source.items():
-        log.info("source %s: %d training rows", name, len(rows))
-    return select(rows_by_source, cfg.mix.strategy, cfg.mix.budget, cfg.seed)
+    if len(kept) == 0:
+        raise UserError(f"data.max_length: {max_length} tokens leave no room for an answer in any training example")
+    return kept.remove_columns(["keep", "truncated"]), stats
 
 
-def counts(examples: list[Example]) -> dict[str, dict[str, int]]:
-    """counts[origin][type] of the selected examples."""
-    table: dict[str, Counter] = {}
-    for ex in examples:
-        table.setdefault(ex.origin, Counter())[ex.type] += 1
-    return {origin: dict(sorted(c.items())) for origin, c in sorted(table.items())}
+def tokenized_dataset(examples: list[Example], files: dict[str, str], tokenizer, cfg: DictConfig) -> tuple[datasets.Dataset, dict, bool]:
+    """(dataset, stats, cache hit). Written to the cache beside its final place, then renamed in."""
+    if not cfg.data.cache:
+        dataset, stats = tokenize(examples, tokenizer, cfg)
+        return dataset, stats, False
+    target = Path(cfg.paths.cache_dir) / "tokens" / tokens_key(examples, files, tokenizer, cfg)
+    if (target / "stats.json").is_file():
+        return datasets.load_from_disk(str(target / "dataset")), json.loads((target / "stats.json").read_text()), True
+    dataset, stats = tokenize(examples, tokenizer, cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        dataset.save_to_disk(str(staging / "dataset"))
+        (staging / "stats.json").write_text(json.dumps(stats))
+        try:
+            os.replace(staging, target)
+        except OSError:  # another job finished the same key first: use theirs
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return datasets.load_from_disk(str(target / "dataset")), stats, False
 
 
-def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_padded(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded examples into one batch."""
     width = max(len(f["input_ids"]) for f in features)
     input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
@@ -53,52 +133,80 @@ def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def collate_padding_free(features: list[dict]) -> dict[str, torch.Tensor]:
+    """One row holding every example back to back; positions restart at each example and no label
+    crosses a boundary. No pad token at all."""
+    input_ids = [t for f in features for t in f["input_ids"]]
+    position_ids = [p for f in features for p in range(len(f["input_ids"]))]
+    labels = []
+    for f in features:
+        labels.extend([IGNORE_INDEX] + list(f["labels"][1:]))  # the first token has no predecessor here
+    return {
+        "input_ids": torch.tensor([input_ids], dtype=torch.long),
+        "position_ids": torch.tensor([position_ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+    }
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of similar lengths: indices are shuffled, cut into groups of 50 batches,
+    sorted by length inside each group, cut into batches, and the batches shuffled again."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
+        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.group * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
 class InstructionDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DictConfig, tokenizer, examples: list[Example]):
+    def __init__(self, cfg: DictConfig, tokenizer, examples: list[Example], files: dict[str, str]):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.examples = examples
+        self.files = files
         self.train_set: datasets.Dataset | None = None
-        self.stats: dict[str, int] = {}
+        self.stats: dict = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        system, hints = self.cfg.prompt.system, dict(self.cfg.prompt.task_hints)
-        max_length, completion_only = self.cfg.data.max_length, self.cfg.data.completion_only_loss
-        rows = datasets.Dataset.from_list([asdict(ex) for ex in self.examples])
+        self.train_set, self.stats, hit = tokenized_dataset(self.examples, self.files, self.tokenizer, self.cfg)
+        self.stats = {**self.stats, "cache_hit": hit, "batching": self.cfg.data.batching.value}
+        log.info("tokenized %d examples (%d tokens)%s", len(self.train_set), self.stats["tokens"], ", from cache" if hit else "")
 
-        def tokenize(row: dict) -> dict:
-            return encode(self.tokenizer, Example(**{**row, "options": tuple(row["options"])}), system, hints, max_length, completion_only)
-
-        encoded = rows.map(tokenize, remove_columns=rows.column_names, desc="tokenize")
-        kept = encoded.filter(lambda row: row["keep"])
-        self.stats = {
-            "examples": len(rows),
-            "dropped_prompt_too_long": len(rows) - len(kept),
-            "truncated": int(sum(kept["truncated"])),
-            "tokens": int(sum(len(ids) for ids in kept["input_ids"])),
-        }
-        if len(kept) == 0:
-            raise UserError(f"data.max_length: {max_length} tokens leave no room for an answer in any training example")
-        self.train_set = kept.remove_columns(["keep", "truncated"])
-        log.info("tokenized %d examples (%d tokens)", len(kept), self.stats["tokens"])
-
-    def _loader(self, dataset: datasets.Dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.trainer.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=lambda features: collate(features, self.tokenizer.pad_token_id),
-        )
+    def _collate(self):
+        if self.cfg.data.batching == Batching.padding_free:
+            return collate_padding_free
+        pad_id = self.tokenizer.pad_token_id
+        return lambda features: collate_padded(features, pad_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        batch_size, seed = self.cfg.trainer.batch_size, self.cfg.seed
+        if self.cfg.data.batching == Batching.padded and self.cfg.data.group_by_length:
+            lengths = [len(ids) for ids in self.train_set["input_ids"]]
+            return DataLoader(self.train_set, batch_sampler=LengthGroupedBatches(lengths, batch_size, seed), collate_fn=self._collate())
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=self._collate())
 
     def probe_dataloader(self) -> DataLoader:
         """A fixed slice of the training set, in a fixed order, for before/after loss measurements."""
         n = min(len(self.train_set), self.cfg.trainer.probe_batches * self.cfg.trainer.batch_size)
-        return self._loader(self.train_set.select(range(n)), shuffle=False)
+        return DataLoader(self.train_set.select(range(n)), batch_size=self.cfg.trainer.batch_size, shuffle=False, collate_fn=self._collate())

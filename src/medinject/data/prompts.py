@@ -33,21 +33,3 @@ def completion_text(tokenizer, example: Example, system: str, task_hints: dict[s
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently with and without the answer")
     return full[len(prompt) :]
-
-
-def encode(tokenizer, example: Example, system: str, task_hints: dict[str, str], max_length: int, completion_only: bool) -> dict:
-    """Token ids and labels. Too long: the answer is cut at `max_length`; a prompt that fills it is dropped."""
-    prompt = prompt_text(tokenizer, example, system, task_hints)
-    completion = completion_text(tokenizer, example, system, task_hints, prompt)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    keep = len(prompt_ids) < max_length
-    input_ids = (prompt_ids + completion_ids)[:max_length]
-    prompt_labels = [IGNORE_INDEX] * len(prompt_ids) if completion_only else list(prompt_ids)
-    labels = (prompt_labels + completion_ids)[:max_length]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "keep": keep,
-        "truncated": len(prompt_ids) + len(completion_ids) > max_length,
-    }

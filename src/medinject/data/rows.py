@@ -1,23 +1,23 @@
-"""Rows in the MedInjection-FR schema, read from JSONL and checked one by one.
+"""The one example record every loader normalizes to, and the checks every row goes through.
 
-A row is `{instruction, context, answer, type, origin}`. Multiple-choice rows carry their options as
-lines `A. ...` at the end of `context`; their answer is one letter (`mcqu`) or sorted letters joined by
-", " (`mcq`). Every problem is reported as `file:line: field 'name': what is wrong`.
+A row in the MedInjection-FR schema is `{instruction, context, answer, type, origin}`. Multiple-choice
+rows carry their options as lines `A. ...` at the end of `context` (chat-format items give them as
+`classes` instead); their answer is one letter (`mcqu`) or letters joined by ", " (`mcq`). Every
+problem is reported as `file:row: field 'name': what is wrong`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from medinject.config import Origin, TaskType
 from medinject.errors import UserError
 
 FIELDS = ("instruction", "context", "answer", "type", "origin")
 _OPTION_LINE = re.compile(r"^([A-Z])[.)]\s+\S")
+_LETTERS = re.compile(r"[A-Z](\s*,\s*[A-Z])*")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,17 @@ class Example:
     context: str
     answer: str
     options: tuple[str, ...]  # option letters for mcq / mcqu, empty for oeq
+    split: str
     file: str
-    line: int
+    line: int  # 1-based row number in `file`
+
+
+class BadRow(UserError):
+    """A row that fails a check; `reason` is the message without its location (for skip counts)."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
 
 
 def option_letters(context: str) -> tuple[str, ...]:
@@ -45,9 +54,10 @@ def option_letters(context: str) -> tuple[str, ...]:
 
 
 def gold_letters(answer: str) -> tuple[str, ...]:
-    """The letters of a gold multiple-choice answer ("A, C" -> ("A", "C"))."""
-    parts = [p.strip() for p in answer.split(",")]
-    return tuple(parts) if all(re.fullmatch(r"[A-Z]", p) for p in parts) else ()
+    """The letters of a gold multiple-choice answer ("A, C" -> ("A", "C")); () if it is not letters."""
+    if not _LETTERS.fullmatch(answer.strip()):
+        return ()
+    return tuple(part.strip() for part in answer.split(","))
 
 
 def example_id(origin: str, type_: str, instruction: str, context: str, answer: str) -> str:
@@ -55,83 +65,67 @@ def example_id(origin: str, type_: str, instruction: str, context: str, answer: 
     return digest.hexdigest()[:16]
 
 
-def _parse_row(raw: object, where: str, expected_origin: str | None) -> Example:
+def make_example(
+    raw: dict,
+    file: str,
+    line: int,
+    split: str,
+    origin: str | None,
+    type_: str | None = None,
+    options: tuple[str, ...] | None = None,
+) -> Example:
+    """Check one row (already renamed to our field names) and build its record.
+
+    `origin` / `type_` fill in rows that lack the column (e.g. per-source files whose folder gives the
+    type); a row whose own value disagrees with the source's origin is refused. `options` is given
+    by chat-format items, otherwise read from the context.
+    """
+    where = f"{file}:{line}"
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: a row must be a JSON object, got {type(raw).__name__}")
+        raise BadRow(where, f"a row must be a JSON object, got {type(raw).__name__}")
+    values = {"type": type_, "origin": origin, "context": ""}
     for name in FIELDS:
-        if name not in raw:
-            raise UserError(f"{where}: field '{name}': missing")
-        if not isinstance(raw[name], str):
-            raise UserError(f"{where}: field '{name}': expected a string, got {type(raw[name]).__name__}")
-    type_, origin = raw["type"], raw["origin"]
-    if type_ not in TaskType.__members__:
-        raise UserError(f"{where}: field 'type': {type_!r} is not one of {', '.join(TaskType.__members__)}")
-    if origin not in Origin.__members__:
-        raise UserError(f"{where}: field 'origin': {origin!r} is not one of {', '.join(Origin.__members__)}")
-    if expected_origin is not None and origin != expected_origin:
-        raise UserError(f"{where}: field 'origin': {origin!r} in a file of the {expected_origin!r} source")
-    if not raw["instruction"].strip():
-        raise UserError(f"{where}: field 'instruction': empty")
-    if not raw["answer"].strip():
-        raise UserError(f"{where}: field 'answer': empty")
+        value = raw.get(name, values.get(name))
+        if value is None:
+            raise BadRow(where, f"field '{name}': missing")
+        if not isinstance(value, str):
+            raise BadRow(where, f"field '{name}': expected a string, got {type(value).__name__}")
+        values[name] = value
+    if values["type"] not in TaskType.__members__:
+        raise BadRow(where, f"field 'type': {values['type']!r} is not one of {', '.join(TaskType.__members__)}")
+    if values["origin"] not in Origin.__members__:
+        raise BadRow(where, f"field 'origin': {values['origin']!r} is not one of {', '.join(Origin.__members__)}")
+    if origin is not None and values["origin"] != origin:
+        raise BadRow(where, f"field 'origin': {values['origin']!r} in a source whose origin is {origin!r}")
+    if not values["instruction"].strip():
+        raise BadRow(where, "field 'instruction': empty")
+    answer = values["answer"].strip()
+    if not answer:
+        raise BadRow(where, "field 'answer': empty")
 
-    options: tuple[str, ...] = ()
-    if type_ in (TaskType.mcqu.value, TaskType.mcq.value):
-        options = option_letters(raw["context"])
-        if len(options) < 2:
-            raise UserError(f"{where}: field 'context': a {type_} row needs option lines 'A. ...', 'B. ...' at its end")
-        letters = gold_letters(raw["answer"].strip())
+    found: tuple[str, ...] = ()
+    if values["type"] in (TaskType.mcqu.value, TaskType.mcq.value):
+        found = tuple(options) if options is not None else option_letters(values["context"])
+        if len(found) < 2:
+            field_name = "classes" if options is not None else "context"
+            raise BadRow(where, f"field '{field_name}': a {values['type']} row needs at least two options ('A. ...' lines)")
+        letters = gold_letters(answer)
         if not letters:
-            raise UserError(f"{where}: field 'answer': {raw['answer']!r} is not letters joined by ', '")
-        if unknown := [x for x in letters if x not in options]:
-            raise UserError(f"{where}: field 'answer': {', '.join(unknown)} not among the options {''.join(options)}")
-        if type_ == TaskType.mcqu.value and len(letters) != 1:
-            raise UserError(f"{where}: field 'answer': an mcqu row has exactly one correct letter, got {raw['answer']!r}")
-    answer = raw["answer"].strip()
+            raise BadRow(where, f"field 'answer': {answer!r} is not letters joined by ', '")
+        if unknown := [x for x in letters if x not in found]:
+            raise BadRow(where, f"field 'answer': {', '.join(unknown)} not among the options {''.join(found)}")
+        if values["type"] == TaskType.mcqu.value and len(letters) != 1:
+            raise BadRow(where, f"field 'answer': an mcqu row has exactly one correct letter, got {answer!r}")
+        answer = ", ".join(sorted(set(letters)))
     return Example(
-        id=example_id(origin, type_, raw["instruction"], raw["context"], answer),
-        origin=origin,
-        type=type_,
-        instruction=raw["instruction"],
-        context=raw["context"],
+        id=example_id(values["origin"], values["type"], values["instruction"], values["context"], answer),
+        origin=values["origin"],
+        type=values["type"],
+        instruction=values["instruction"],
+        context=values["context"],
         answer=answer,
-        options=options,
-        file=where.rsplit(":", 1)[0],
-        line=int(where.rsplit(":", 1)[1]),
+        options=found,
+        split=split,
+        file=file,
+        line=line,
     )
-
-
-def read_jsonl(path: Path, expected_origin: str | None = None) -> list[Example]:
-    rows: list[Example] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            rows.append(_parse_row(raw, where, expected_origin))
-    return rows
-
-
-def resolve_files(spec: str, key: str) -> list[Path]:
-    """A JSONL file, or a directory whose *.jsonl files (recursively) are read in path order."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(path.rglob("*.jsonl"))
-        if not found:
-            raise UserError(f"{key}: no *.jsonl file under {path}")
-        return found
-    raise UserError(f"{key}: file not found: {path}")
-
-
-def load_rows(specs: list[str], key: str, expected_origin: str | None = None) -> list[Example]:
-    rows: list[Example] = []
-    for spec in specs:
-        for path in resolve_files(spec, key):
-            rows.extend(read_jsonl(path, expected_origin))
-    return rows

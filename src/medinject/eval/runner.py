@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from medinject.config import TaskType
 from medinject.data.prompts import prompt_text
-from medinject.data.rows import Example, load_rows
+from medinject.data.rows import Example
 from medinject.errors import UserError
 from medinject.eval.letters import exact_match, hamming_score, join_letters, parse_letters
 
@@ -54,19 +54,18 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
     return outputs
 
 
-def load_test_items(cfg: DictConfig) -> dict[str, dict[str, list[Example]]]:
+def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
     """items[test set][task]: the rows each evaluation will see (at most `eval.limit` per task)."""
     unsupported = [t.value for t in cfg.eval.tasks if t not in SUPPORTED_TASKS]
     if unsupported:
         raise UserError(f"eval.tasks: {', '.join(unsupported)} not evaluated yet (supported: mcqu, mcq)")
     items: dict[str, dict[str, list[Example]]] = {}
-    for set_name, test_set in cfg.eval.test_sets.items():
-        rows = load_rows([test_set.path], key=f"eval.test_sets.{set_name}.path")
+    for set_name, rows in test_rows.items():
         items[set_name] = {}
         for task in cfg.eval.tasks:
             chosen = [r for r in rows if r.type == task.value][: cfg.eval.limit]
             if not chosen:
-                raise UserError(f"eval.test_sets.{set_name}.path: no {task.value} item in {test_set.path}")
+                raise UserError(f"eval.test_sets.{set_name}: no {task.value} item")
             items[set_name][task.value] = chosen
     return items
 

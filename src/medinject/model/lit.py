@@ -21,14 +21,26 @@ class AdapterFineTuning(L.LightningModule):
         self.model = model
         self.optim_cfg = optim_cfg
         self.strict_loading = False  # checkpoints carry the adapter weights only
-        self.tokens_seen = 0
+        self.tokens_seen = 0  # non-pad tokens
+        self.pad_seen = 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # use_cache=False is required: with it on, transformers ignores the position restarts of a
+        # padding-free batch and its examples attend to each other.
         loss = self.model(**batch, use_cache=False).loss
-        self.tokens_seen += int(batch["attention_mask"].sum())
+        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        self.tokens_seen += real
+        self.pad_seen += batch["input_ids"].numel() - real
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
         self.log("train/tokens", float(self.tokens_seen), on_step=True, on_epoch=False)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/pad_fraction", self.pad_fraction, on_step=False, on_epoch=True)
+
+    @property
+    def pad_fraction(self) -> float:
+        return self.pad_seen / max(self.tokens_seen + self.pad_seen, 1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -47,9 +59,11 @@ class AdapterFineTuning(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["pad_seen"] = self.pad_seen
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.pad_seen = checkpoint.get("pad_seen", 0)
 
     @torch.no_grad()
     def mean_loss(self, loader) -> float:

@@ -1,0 +1,179 @@
+"""The data stage up to the token level: load -> validate -> decontaminate -> mix, plus its records.
+
+`prepare_data(cfg)` is what a run calls; `python -m medinject.data.prepare [overrides]` (same config as
+train.py) runs only this stage and writes `manifest.json` and `contamination.json` in its output dir.
+The result is cached under `<cache_dir>/selections/` by a key made of every file's content hash and
+every parameter that affects it, so a rerun with unchanged inputs skips the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from medinject.config import conf_dir, to_container
+from medinject.data.contamination import audit, report
+from medinject.data.mix import select
+from medinject.data.rows import Example
+from medinject.data.sources import file_sha256, load_source, source_files
+from medinject.errors import UserError
+from medinject.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "selection-v1"  # bump when the selection logic changes
+
+
+@dataclass
+class PreparedData:
+    examples: list[Example]  # the run's training examples, in selection order
+    test_rows: dict[str, list[Example]]  # every row of every test set
+    manifest: dict
+    contamination: dict
+
+
+def counts(examples: list[Example]) -> dict[str, dict[str, int]]:
+    """counts[origin][type] of the selected examples."""
+    table: dict[str, Counter] = {}
+    for ex in examples:
+        table.setdefault(ex.origin, Counter())[ex.type] += 1
+    return {origin: dict(sorted(c.items())) for origin, c in sorted(table.items())}
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _source_fingerprint(cfg: DictConfig) -> dict:
+    """What the selection depends on besides file contents (resolved paths included)."""
+    return {
+        "sources": to_container(cfg.data.sources),
+        "test_sets": to_container(cfg.eval.test_sets),
+        "medinjection": cfg.paths.medinjection,
+        "on_bad_row": cfg.data.on_bad_row.value,
+        "decontaminate": cfg.data.decontaminate,
+        "contamination": to_container(cfg.data.contamination),
+        "mix": to_container(cfg.mix),
+        "seed": cfg.seed,
+    }
+
+
+def _load_all(cfg: DictConfig):
+    train, tests, files, skipped = {}, {}, {}, {}
+    for name, src in sorted(cfg.data.sources.items()):
+        if src.origin is None:
+            raise UserError(f"data.sources.{name}.origin: a training source needs an origin (native, synthetic, translated)")
+        loaded = load_source(src, cfg.paths, f"data.sources.{name}", cfg.data.on_bad_row)
+        train[name], skipped[name] = loaded.rows, dict(loaded.skipped)
+        files.update(loaded.files)
+        log.info("source %s: %d rows%s", name, len(loaded.rows), f", {sum(loaded.skipped.values())} bad rows skipped" if loaded.skipped else "")
+    for name, src in sorted(cfg.eval.test_sets.items()):
+        loaded = load_source(src, cfg.paths, f"eval.test_sets.{name}")
+        tests[name] = loaded.rows
+        files.update(loaded.files)
+    return train, tests, files, skipped
+
+
+def _input_hashes(cfg: DictConfig) -> dict[str, str]:
+    """Content hash of every file the stage would read (hub datasets are keyed by id and split)."""
+    hashes = {}
+    groups = [("data.sources", cfg.data.sources), ("eval.test_sets", cfg.eval.test_sets)]
+    for prefix, group in groups:
+        for name, src in sorted(group.items()):
+            for path, _ in source_files(src, cfg.paths, f"{prefix}.{name}"):
+                hashes[str(path)] = file_sha256(path)
+    return hashes
+
+
+def _revive(rows: list[dict]) -> list[Example]:
+    return [Example(**{**e, "options": tuple(e["options"])}) for e in rows]
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    cache_file = Path(cfg.paths.cache_dir) / "selections" / f"{_key(CACHE_VERSION, _source_fingerprint(cfg), _input_hashes(cfg))}.json"
+    if cfg.data.cache and cache_file.is_file():
+        log.info("selection cache hit: %s", cache_file)
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        tests = {name: _revive(rows) for name, rows in cached["test_rows"].items()}
+        return PreparedData(_revive(cached["examples"]), tests, cached["manifest"], cached["contamination"])
+    train, tests, files, skipped = _load_all(cfg)
+
+    params = cfg.data.contamination
+    result = audit(train, tests, params.ngram, params.threshold)
+    contamination = report(result, train, cfg.data.decontaminate, params.ngram, params.threshold)
+    for entry in contamination["sources"]:
+        if entry["contaminated"]:
+            log.warning(
+                "contamination: %d of %d rows of source %s (%.2f%%) match a test item%s",
+                entry["contaminated"], entry["rows"], entry["source"], 100 * entry["rate"],
+                ", dropped" if cfg.data.decontaminate else " (data.decontaminate=false: kept)",
+            )
+    if cfg.data.decontaminate:
+        train = {name: [r for r in rows if r.id not in result.contaminated] for name, rows in train.items()}
+        for name, rows in train.items():
+            if not rows:
+                raise UserError(f"data.sources.{name}: no training row left after decontamination")
+
+    examples = select(train, cfg.mix, cfg.seed)
+    manifest = {
+        "data_config": cfg.data.name,
+        "sources": {
+            name: {"rows": len(train[name]), "skipped_bad_rows": skipped[name]} for name in sorted(train)
+        },
+        "test_sets": {name: {"rows": len(rows), "by_type": dict(Counter(r.type for r in rows))} for name, rows in sorted(tests.items())},
+        "mix": to_container(cfg.mix),
+        "seed": cfg.seed,
+        "n_examples": len(examples),
+        "counts": counts(examples),
+        "selected_ids_sha256": hashlib.sha256("\n".join(sorted(e.id for e in examples)).encode()).hexdigest(),
+        "decontaminated": cfg.data.decontaminate,
+        "contaminated_rows": {e["source"]: e["contaminated"] for e in contamination["sources"]},
+        "files": dict(sorted(files.items())),
+    }
+    if cfg.data.cache:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            cache_file,
+            json.dumps(
+                {
+                    "manifest": manifest,
+                    "contamination": contamination,
+                    "examples": [dataclasses.asdict(e) for e in examples],
+                    "test_rows": {name: [dataclasses.asdict(e) for e in rows] for name, rows in tests.items()},
+                },
+                ensure_ascii=False,
+            ),
+        )
+    return PreparedData(examples, tests, manifest, contamination)
+
+
+def write_records(prepared: PreparedData, out_dir: Path) -> None:
+    write_json_atomic(out_dir / "manifest.json", prepared.manifest)
+    write_json_atomic(out_dir / "contamination.json", prepared.contamination)
+
+
+def main() -> None:
+    import hydra
+
+    from medinject.run import exit_on_user_error
+
+    @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
+    @exit_on_user_error
+    def _prepare(cfg: DictConfig) -> None:
+        out_dir = Path(cfg.paths.output_dir)
+        prepared = prepare_data(cfg)
+        write_records(prepared, out_dir)
+        print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / 'manifest.json'}")
+
+    _prepare()
+
+
+if __name__ == "__main__":
+    main()
