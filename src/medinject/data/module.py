@@ -83,7 +83,9 @@ def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datas
         return out
 
     rows = datasets.Dataset.from_list([dataclasses.asdict(ex) for ex in examples])
-    encoded = rows.map(encode_batch, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenize")
+    # chat templates render in Python: use both cores when there is enough work to pay for the workers
+    workers = min(os.cpu_count() or 1, 4) if len(rows) >= 10_000 else None
+    encoded = rows.map(encode_batch, batched=True, batch_size=1000, num_proc=workers, remove_columns=rows.column_names, desc="tokenize")
     kept = encoded.filter(lambda keep: keep, input_columns="keep", batched=False)
     stats = {
         "examples": len(rows),

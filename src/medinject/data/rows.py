@@ -20,7 +20,7 @@ _OPTION_LINE = re.compile(r"^([A-Z])[.)]\s+\S")
 _LETTERS = re.compile(r"[A-Z](\s*,\s*[A-Z])*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     id: str  # content hash: identical rows get the same id wherever they come from
     origin: str

@@ -215,7 +215,8 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
 
     typed = source_files(src, paths, key)
     for path, type_ in typed:
-        loaded.files[str(path)] = file_sha256(path)
+        name = str(path)  # one string shared by all rows of the file
+        loaded.files[name] = file_sha256(path)
         if path.suffix == ".parquet":
             rows = _parquet_rows(path, origin, columns)
         else:
@@ -223,9 +224,9 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
         for raw, line in rows:
             if fmt == SourceFormat.chat_json:
                 raw, options, chat_type = _chat_item(raw)
-                take(raw, str(path), line, chat_type, options)
+                take(raw, name, line, chat_type, options)
             else:
-                take(raw, str(path), line, type_)
+                take(raw, name, line, type_)
     if not loaded.rows:
         why = f" ({sum(loaded.skipped.values())} bad rows skipped)" if loaded.skipped else ""
         raise UserError(f"{key}: no usable {split} row in {', '.join(loaded.files) or 'its files'}{why}")
