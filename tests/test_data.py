@@ -174,3 +174,13 @@ def test_collate_pads_right_and_masks_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_answer_frame_renders_like_the_full_template(tokenizer):
+    from medinject.data.prompts import answer_frame, completion_text, prompt_text
+
+    hints = {"mcq": "Répondez par les lettres."}
+    before, after = answer_frame(tokenizer, "Système.", hints)
+    for example in _sources()["translated"][:20]:
+        prompt = prompt_text(tokenizer, example, "Système.", hints)
+        assert before + example.answer + after == completion_text(tokenizer, example, "Système.", hints, prompt)

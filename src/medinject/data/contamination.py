@@ -19,6 +19,7 @@ break shingles. Exact matches are found by a hash of each row's whole word-id se
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,8 @@ import pyarrow.compute as pc
 from medinject.data.rows import Example
 
 MAX_POSTINGS = 20  # shingles found in more test items than this are treated as boilerplate
-CHUNK = 50_000  # training rows per vectorized pass (bounds memory)
+CHUNK = 25_000  # training rows per vectorized pass (bounds memory)
+THREADS = 2
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial shingle hash
 
 
@@ -139,20 +141,23 @@ def audit(train: dict[str, list[Example]], tests: dict[str, list[Example]], ngra
     per_item = np.bincount(t_item, minlength=len(items))
     test_hashes = pa.array(np.unique(t_hash))
 
-    for source, rows in train.items():
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start : start + CHUNK]
-            ids, offsets = _word_ids(_questions(chunk), vocab)
-            matches: dict[int, dict[str, tuple[str, Example]]] = defaultdict(dict)
-            for r, h in enumerate(_sequence_hashes(ids, offsets).tolist()):
-                for j in exact_index.get(h, ()) if h else ():
-                    same = np.array_equal(ids[offsets[r] : offsets[r + 1]], test_ids[test_offsets[j] : test_offsets[j + 1]])
-                    if same:
-                        matches[r].setdefault(items[j][0], ("exact", items[j][1]))
-            hashes, row = _shingles(ids, offsets, ngram)
-            hit = pc.is_in(pa.array(hashes), value_set=test_hashes).to_numpy(zero_copy_only=False)
-            for r, j in _near_matches(hashes[hit], row[hit], t_hash, t_item, per_item, threshold):
-                matches[r].setdefault(items[j][0], ("near", items[j][1]))
+    def scan(chunk: list[Example]) -> dict[int, dict[str, tuple[str, Example]]]:
+        ids, offsets = _word_ids(_questions(chunk), vocab)
+        matches: dict[int, dict[str, tuple[str, Example]]] = defaultdict(dict)
+        for r, h in enumerate(_sequence_hashes(ids, offsets).tolist()):
+            for j in exact_index.get(h, ()) if h else ():
+                if np.array_equal(ids[offsets[r] : offsets[r + 1]], test_ids[test_offsets[j] : test_offsets[j + 1]]):
+                    matches[r].setdefault(items[j][0], ("exact", items[j][1]))
+        hashes, row = _shingles(ids, offsets, ngram)
+        hit = pc.is_in(pa.array(hashes), value_set=test_hashes).to_numpy(zero_copy_only=False)
+        for r, j in _near_matches(hashes[hit], row[hit], t_hash, t_item, per_item, threshold):
+            matches[r].setdefault(items[j][0], ("near", items[j][1]))
+        return matches
+
+    # pyarrow and numpy release the GIL in their kernels: two threads keep both cores busy
+    jobs = [(source, rows[i : i + CHUNK]) for source, rows in train.items() for i in range(0, len(rows), CHUNK)]
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        for (source, chunk), matches in zip(jobs, pool.map(lambda job: scan(job[1]), jobs)):
             for i, by_set in matches.items():
                 train_row = chunk[i]
                 result.contaminated.add(train_row.id)

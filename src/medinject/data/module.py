@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from medinject.config import Batching, Overlong, to_container
-from medinject.data.prompts import IGNORE_INDEX, completion_text, prompt_text
+from medinject.data.prompts import IGNORE_INDEX, answer_frame, prompt_text
 from medinject.data.rows import Example
 from medinject.errors import UserError
 
@@ -65,11 +65,12 @@ def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datas
     system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
     max_length, completion_only = cfg.data.max_length, cfg.data.completion_only_loss
     drop_all_overlong = cfg.data.overlong == Overlong.drop
+    before, after = answer_frame(tokenizer, system, hints)
 
     def encode_batch(batch: dict) -> dict:
         rows = [Example(**{k: batch[k][i] for k in batch} | {"options": tuple(batch["options"][i])}) for i in range(len(batch["id"]))]
         prompts = [prompt_text(tokenizer, ex, system, hints) for ex in rows]
-        completions = [completion_text(tokenizer, ex, system, hints, p) for ex, p in zip(rows, prompts)]
+        completions = [before + ex.answer + after for ex in rows]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "labels": [], "keep": [], "truncated": []}
@@ -83,9 +84,7 @@ def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datas
         return out
 
     rows = datasets.Dataset.from_list([dataclasses.asdict(ex) for ex in examples])
-    # chat templates render in Python: use both cores when there is enough work to pay for the workers
-    workers = min(os.cpu_count() or 1, 4) if len(rows) >= 10_000 else None
-    encoded = rows.map(encode_batch, batched=True, batch_size=1000, num_proc=workers, remove_columns=rows.column_names, desc="tokenize")
+    encoded = rows.map(encode_batch, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenize")
     kept = encoded.filter(lambda keep: keep, input_columns="keep", batched=False)
     stats = {
         "examples": len(rows),

@@ -33,3 +33,18 @@ def completion_text(tokenizer, example: Example, system: str, task_hints: dict[s
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently with and without the answer")
     return full[len(prompt) :]
+
+
+_SENTINEL = "\x00medinject-answer\x00"
+
+
+def answer_frame(tokenizer, system: str, task_hints: dict[str, str]) -> tuple[str, str]:
+    """(text before, text after) the answer in the assistant turn, found once by rendering a probe
+    conversation, so each example needs one template rendering instead of two. Checked to agree
+    with `completion_text` on the probe."""
+    probe = Example(id="", origin="native", type="oeq", instruction="?", context="", answer=_SENTINEL, options=(), split="", file="", line=0)
+    prompt = prompt_text(tokenizer, probe, system, task_hints)
+    before, sentinel, after = completion_text(tokenizer, probe, system, task_hints, prompt).partition(_SENTINEL)
+    if not sentinel:
+        raise ValueError("the chat template does not render the assistant's answer verbatim")
+    return before, after
