@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medinject.data.rows import Example
+from medinject.data.rows import Example, Rows
 
 MAX_POSTINGS = 20  # shingles found in more test items than this are treated as boilerplate
 CHUNK = 25_000  # training rows per vectorized pass (bounds memory)
@@ -34,14 +34,11 @@ THREADS = 2
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial shingle hash
 
 
-def words_of(texts: list[str]) -> pa.ListArray:
-    """Lower-cased words (runs of letters and digits) of each text, vectorized."""
-    lowered = pc.utf8_lower(pa.array(texts, type=pa.large_string()))
-    return pc.split_pattern_regex(lowered, r"[^\p{L}\p{N}]+")
-
-
-def _questions(rows: list[Example]) -> pa.ListArray:
-    return words_of([f"{r.instruction}\n{r.context}" for r in rows])
+def _question_words(table: pa.Table) -> pa.ListArray:
+    """Lower-cased words (runs of letters and digits) of each row's instruction and context."""
+    text = pc.binary_join_element_wise(table.column("instruction"), table.column("context"), pa.scalar("\n", pa.large_string()))
+    words = pc.split_pattern_regex(pc.utf8_lower(text), r"[^\p{L}\p{N}]+")
+    return words.combine_chunks() if isinstance(words, pa.ChunkedArray) else words
 
 
 def _word_ids(words: pa.ListArray, vocab: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +113,12 @@ class Audit:
     examples: dict[tuple[str, str], list[dict]] = field(default_factory=lambda: defaultdict(list))
 
 
-def audit(train: dict[str, list[Example]], tests: dict[str, list[Example]], ngram: int, threshold: float) -> Audit:
+def audit(train: dict[str, Rows], tests: dict[str, Rows], ngram: int, threshold: float) -> Audit:
     items = [(set_name, item) for set_name, rows in tests.items() for item in rows]
     result = Audit()
     if not items:
         return result
-    test_words = _questions([item for _, item in items])
+    test_words = _question_words(Rows.concat(list(tests.values())).table)
     vocab = pc.unique(test_words.flatten())
     test_ids, test_offsets = _word_ids(test_words, vocab)
     exact_index: dict[int, list[int]] = defaultdict(list)
@@ -141,8 +138,8 @@ def audit(train: dict[str, list[Example]], tests: dict[str, list[Example]], ngra
     per_item = np.bincount(t_item, minlength=len(items))
     test_hashes = pa.array(np.unique(t_hash))
 
-    def scan(chunk: list[Example]) -> dict[int, dict[str, tuple[str, Example]]]:
-        ids, offsets = _word_ids(_questions(chunk), vocab)
+    def scan(chunk: pa.Table) -> dict[int, dict[str, tuple[str, Example]]]:
+        ids, offsets = _word_ids(_question_words(chunk), vocab)
         matches: dict[int, dict[str, tuple[str, Example]]] = defaultdict(dict)
         for r, h in enumerate(_sequence_hashes(ids, offsets).tolist()):
             for j in exact_index.get(h, ()) if h else ():
@@ -155,11 +152,11 @@ def audit(train: dict[str, list[Example]], tests: dict[str, list[Example]], ngra
         return matches
 
     # pyarrow and numpy release the GIL in their kernels: two threads keep both cores busy
-    jobs = [(source, rows[i : i + CHUNK]) for source, rows in train.items() for i in range(0, len(rows), CHUNK)]
+    jobs = [(source, rows.table.slice(i, CHUNK)) for source, rows in train.items() for i in range(0, len(rows), CHUNK)]
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         for (source, chunk), matches in zip(jobs, pool.map(lambda job: scan(job[1]), jobs)):
             for i, by_set in matches.items():
-                train_row = chunk[i]
+                train_row = Rows(chunk)[i]
                 result.contaminated.add(train_row.id)
                 for set_name, (kind, item) in by_set.items():
                     result.pairs[(source, set_name)][kind] += 1
@@ -170,11 +167,16 @@ def audit(train: dict[str, list[Example]], tests: dict[str, list[Example]], ngra
     return result
 
 
-def report(result: Audit, train: dict[str, list[Example]], dropped: bool, ngram: int, threshold: float) -> dict:
+def contaminated_mask(rows: Rows, result: Audit) -> np.ndarray:
+    ids = pa.array(sorted(result.contaminated), type=pa.string())
+    return pc.is_in(rows.column("id"), value_set=ids).to_numpy(zero_copy_only=False)
+
+
+def report(result: Audit, train: dict[str, Rows], dropped: bool, ngram: int, threshold: float) -> dict:
     """contamination.json: per source and test set, sorted by the share of the source that leaks."""
     per_source = []
     for source, rows in sorted(train.items()):
-        leaked = sum(1 for r in rows if r.id in result.contaminated)
+        leaked = int(contaminated_mask(rows, result).sum())
         per_source.append(
             {
                 "source": source,

@@ -13,12 +13,14 @@ import math
 from omegaconf import DictConfig
 
 from medinject.config import MixStrategy, TaskBalance
-from medinject.data.rows import Example
+from medinject.data.rows import Example, Rows
 from medinject.errors import UserError
 
 
-def _ranked(rows: list[Example], seed: int) -> list[Example]:
-    return sorted(rows, key=lambda e: (hashlib.sha256(f"{seed}:{e.id}".encode()).digest(), e.file, e.line))
+def _ranked(rows: Rows, positions: list[int], seed: int) -> list[int]:
+    """`positions` (row indices) in the seeded order."""
+    ids = rows.column("id").to_pylist()
+    return sorted(positions, key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest())
 
 
 def _split_evenly(total: int, names: list[str]) -> dict[str, int]:
@@ -26,20 +28,21 @@ def _split_evenly(total: int, names: list[str]) -> dict[str, int]:
     return {name: share + (1 if i < extra else 0) for i, name in enumerate(names)}
 
 
-def _take(name: str, rows: list[Example], want: int, seed: int, balance: TaskBalance, allow_repeat: bool, why: str) -> list[Example]:
+def _take(name: str, rows: Rows, positions: list[int], want: int, seed: int, balance: TaskBalance, allow_repeat: bool, why: str) -> list[int]:
     if balance == TaskBalance.balanced:
-        by_type: dict[str, list[Example]] = {}
-        for row in rows:
-            by_type.setdefault(row.type, []).append(row)
+        types = rows.column("type").to_pylist()
+        by_type: dict[str, list[int]] = {}
+        for i in positions:
+            by_type.setdefault(types[i], []).append(i)
         quotas = _split_evenly(want, sorted(by_type))
-        return [ex for t, n in quotas.items() for ex in _take(f"{name}/{t}", by_type[t], n, seed, TaskBalance.source, allow_repeat, why)]
-    ranked = _ranked(rows, seed)
+        return [i for t, n in quotas.items() for i in _take(f"{name}/{t}", rows, by_type[t], n, seed, TaskBalance.source, allow_repeat, why)]
+    ranked = _ranked(rows, positions, seed)
     if want <= len(ranked):
         return ranked[:want]
     if not allow_repeat:
         raise UserError(f"mix.budget: source '{name}' has {len(ranked)} training rows, {want - len(ranked)} short of its {why} of {want}")
     passes, rest = divmod(want, len(ranked))
-    return ranked * passes + _ranked(rows, seed + passes)[:rest]
+    return ranked * passes + _ranked(rows, positions, seed + passes)[:rest]
 
 
 def _weighted_quotas(weights: dict, names: list[str], budget: int) -> dict[str, int]:
@@ -67,13 +70,13 @@ def _as_dict(weights) -> dict:
     return {str(k): v for k, v in weights.items()}
 
 
-def select(rows_by_source: dict[str, list[Example]], mix: DictConfig, seed: int) -> list[Example]:
+def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int) -> list[Example]:
     names = sorted(rows_by_source)
     if not names:
         raise UserError("data.sources: a provenance configuration needs at least one source")
     strategy = mix.strategy
     if strategy == MixStrategy.natural:
-        return [ex for name in names for ex in _ranked(rows_by_source[name], seed)]
+        return [ex for name in names for ex in _rows(rows_by_source[name]).take(_ranked(_rows(rows_by_source[name]), list(range(len(rows_by_source[name]))), seed))]
     budget = mix.budget
     if budget is None or budget <= 0:
         raise UserError(f"mix.budget: {strategy.value} needs a positive budget, got {budget}")
@@ -85,8 +88,12 @@ def select(rows_by_source: dict[str, list[Example]], mix: DictConfig, seed: int)
         quotas, why, repeat = _weighted_quotas(_as_dict(mix.weights), names, budget), "weighted share", mix.allow_repeat
     else:
         raise UserError(f"mix.strategy: unknown strategy {strategy!r}")
-    return [
-        ex
-        for name in names
-        for ex in _take(name, rows_by_source[name], quotas[name], seed, mix.task_balance, repeat, why)
-    ]
+    chosen: list[Example] = []
+    for name in names:
+        rows = _rows(rows_by_source[name])
+        chosen.extend(rows.take(_take(name, rows, list(range(len(rows))), quotas[name], seed, mix.task_balance, repeat, why)))
+    return chosen
+
+
+def _rows(rows: Rows | list[Example]) -> Rows:
+    return rows if isinstance(rows, Rows) else Rows.from_examples(rows)

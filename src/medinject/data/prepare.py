@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from medinject.config import conf_dir, to_container
-from medinject.data.contamination import audit, report
+from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
 from medinject.data.rows import Example
 from medinject.data.sources import file_sha256, load_source, source_files
@@ -116,7 +116,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
                 ", dropped" if cfg.data.decontaminate else " (data.decontaminate=false: kept)",
             )
     if cfg.data.decontaminate:
-        train = {name: [r for r in rows if r.id not in result.contaminated] for name, rows in train.items()}
+        train = {name: rows.filter(~contaminated_mask(rows, result)) for name, rows in train.items()}
         for name, rows in train.items():
             if not rows:
                 raise UserError(f"data.sources.{name}: no training row left after decontamination")
@@ -151,7 +151,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
                 ensure_ascii=False,
             ),
         )
-    return PreparedData(examples, tests, manifest, contamination)
+    return PreparedData(examples, {name: rows.examples() for name, rows in tests.items()}, manifest, contamination)
 
 
 def write_records(prepared: PreparedData, out_dir: Path) -> None:

@@ -12,6 +12,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from medinject.config import Origin, TaskType
 from medinject.errors import UserError
 
@@ -129,3 +131,70 @@ def make_example(
         file=file,
         line=line,
     )
+
+
+class Rows:
+    """Checked rows held column-wise in Arrow; `Example` objects are made only on demand.
+
+    A source of the real dataset has up to ~420K rows: as Python objects they would take several GB,
+    as Arrow columns about their UTF-8 size. The audit and the mix work on the columns; only the
+    selected examples become Python records.
+    """
+
+    SCHEMA = pa.schema(
+        [
+            ("id", pa.string()),
+            ("origin", pa.string()),
+            ("type", pa.string()),
+            ("instruction", pa.large_string()),
+            ("context", pa.large_string()),
+            ("answer", pa.large_string()),
+            ("options", pa.list_(pa.string())),
+            ("split", pa.string()),
+            ("file", pa.string()),
+            ("line", pa.int64()),
+        ]
+    )
+
+    def __init__(self, table: pa.Table | None = None):
+        self.table = table if table is not None else self.SCHEMA.empty_table()
+
+    @classmethod
+    def from_examples(cls, examples: list[Example]) -> "Rows":
+        columns = {name: [getattr(e, name) for e in examples] for name in cls.SCHEMA.names}
+        columns["options"] = [list(o) for o in columns["options"]]
+        return cls(pa.table(columns, schema=cls.SCHEMA))
+
+    @classmethod
+    def concat(cls, parts: list["Rows"]) -> "Rows":
+        tables = [p.table for p in parts if p.table.num_rows]
+        return cls(pa.concat_tables(tables).combine_chunks() if tables else None)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.table.column(name)
+
+    def _example(self, row: dict) -> Example:
+        return Example(**{**row, "options": tuple(row["options"])})
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Rows(self.table.take(pa.array(range(len(self))[index], type=pa.int64())))
+        if index < 0:
+            index += len(self)
+        return self._example(self.table.slice(index, 1).to_pylist()[0])
+
+    def __iter__(self):
+        for batch in self.table.to_batches(max_chunksize=10_000):
+            yield from (self._example(row) for row in batch.to_pylist())
+
+    def take(self, indices) -> "Rows":
+        return Rows(self.table.take(pa.array(indices, type=pa.int64())))
+
+    def filter(self, mask) -> "Rows":
+        return Rows(self.table.filter(pa.array(mask, type=pa.bool_())))
+
+    def examples(self) -> list[Example]:
+        return list(self)

@@ -22,15 +22,16 @@ from typing import Iterator
 from omegaconf import DictConfig
 
 from medinject.config import OnBadRow, SourceFormat, TaskType
-from medinject.data.rows import BadRow, Example, make_example
+from medinject.data.rows import BadRow, Example, Rows, make_example
 from medinject.errors import UserError
 
+BATCH = 20_000  # rows checked in Python before they move into Arrow
 SPLIT_FOLDERS = {"train": "Train", "validation": "Validation", "test": "Test"}
 
 
 @dataclass
 class Loaded:
-    rows: list[Example] = field(default_factory=list)
+    rows: Rows = field(default_factory=Rows)
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes
     skipped: Counter = field(default_factory=Counter)  # reason -> rows dropped (on_bad_row=skip)
 
@@ -188,16 +189,29 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
     columns = dict(src.columns)
     split = src.split
     loaded = Loaded()
+    pending: list[Example] = []  # checked rows not yet moved into Arrow
+    parts: list[Rows] = []
 
     def take(raw: object, file: str, line: int, type_: str | None = None, options=None) -> None:
         try:
             if isinstance(raw, BadRow):
                 raise raw
-            loaded.rows.append(make_example(_rename(raw, columns), file, line, split, origin, type_, options))
+            pending.append(make_example(_rename(raw, columns), file, line, split, origin, type_, options))
         except BadRow as bad:
             if on_bad_row == OnBadRow.error:
                 raise
             loaded.skipped[bad.reason] += 1
+        if len(pending) >= BATCH:
+            parts.append(Rows.from_examples(pending))
+            pending.clear()
+
+    def finish() -> Loaded:
+        parts.append(Rows.from_examples(pending))
+        loaded.rows = Rows.concat(parts)
+        if not len(loaded.rows):
+            why = f" ({sum(loaded.skipped.values())} bad rows skipped)" if loaded.skipped else ""
+            raise UserError(f"{key}: no usable {split} row in {', '.join(loaded.files) or 'its files'}{why}")
+        return loaded
 
     if fmt == SourceFormat.hub:
         if not src.hub_id:
@@ -211,7 +225,7 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
         loaded.files[f"hub:{src.hub_id}"] = rows._fingerprint
         for i, raw in enumerate(rows, start=1):
             take(raw, src.hub_id, i)
-        return loaded
+        return finish()
 
     typed = source_files(src, paths, key)
     for path, type_ in typed:
@@ -227,7 +241,4 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
                 take(raw, name, line, chat_type, options)
             else:
                 take(raw, name, line, type_)
-    if not loaded.rows:
-        why = f" ({sum(loaded.skipped.values())} bad rows skipped)" if loaded.skipped else ""
-        raise UserError(f"{key}: no usable {split} row in {', '.join(loaded.files) or 'its files'}{why}")
-    return loaded
+    return finish()
