@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from medinject.data.rows import Example, Rows
 
 MAX_POSTINGS = 20  # shingles found in more test items than this are treated as boilerplate
-CHUNK = 25_000  # training rows per vectorized pass (bounds memory)
+CHUNK = 10_000  # training rows per vectorized pass (bounds memory)
 THREADS = 2
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial shingle hash
 
@@ -136,7 +136,7 @@ def audit(train: dict[str, Rows], tests: dict[str, Rows], ngram: int, threshold:
     informative = postings[inverse] <= MAX_POSTINGS
     t_hash, t_item = t_hash[informative], t_item[informative]
     per_item = np.bincount(t_item, minlength=len(items))
-    test_hashes = pa.array(np.unique(t_hash))
+    test_hashes = np.unique(t_hash)
 
     def scan(chunk: pa.Table) -> dict[int, dict[str, tuple[str, Example]]]:
         ids, offsets = _word_ids(_question_words(chunk), vocab)
@@ -146,7 +146,9 @@ def audit(train: dict[str, Rows], tests: dict[str, Rows], ngram: int, threshold:
                 if np.array_equal(ids[offsets[r] : offsets[r + 1]], test_ids[test_offsets[j] : test_offsets[j + 1]]):
                     matches[r].setdefault(items[j][0], ("exact", items[j][1]))
         hashes, row = _shingles(ids, offsets, ngram)
-        hit = pc.is_in(pa.array(hashes), value_set=test_hashes).to_numpy(zero_copy_only=False)
+        # membership by binary search: pc.is_in would rebuild a hash table of every test shingle per chunk
+        where = np.minimum(np.searchsorted(test_hashes, hashes), len(test_hashes) - 1)
+        hit = test_hashes[where] == hashes if len(test_hashes) else np.zeros(len(hashes), dtype=bool)
         for r, j in _near_matches(hashes[hit], row[hit], t_hash, t_item, per_item, threshold):
             matches[r].setdefault(items[j][0], ("near", items[j][1]))
         return matches
@@ -155,6 +157,7 @@ def audit(train: dict[str, Rows], tests: dict[str, Rows], ngram: int, threshold:
     jobs = [(source, rows.table.slice(i, CHUNK)) for source, rows in train.items() for i in range(0, len(rows), CHUNK)]
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         for (source, chunk), matches in zip(jobs, pool.map(lambda job: scan(job[1]), jobs)):
+            pa.default_memory_pool().release_unused()
             for i, by_set in matches.items():
                 train_row = Rows(chunk)[i]
                 result.contaminated.add(train_row.id)

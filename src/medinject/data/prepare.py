@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from omegaconf import DictConfig
 
 from medinject.config import conf_dir, to_container
@@ -72,6 +73,7 @@ def _load_all(cfg: DictConfig):
             raise UserError(f"data.sources.{name}.origin: a training source needs an origin (native, synthetic, translated)")
         loaded = load_source(src, cfg.paths, f"data.sources.{name}", cfg.data.on_bad_row)
         train[name], skipped[name] = loaded.rows, dict(loaded.skipped)
+        pa.default_memory_pool().release_unused()
         files.update(loaded.files)
         log.info("source %s: %d rows%s", name, len(loaded.rows), f", {sum(loaded.skipped.values())} bad rows skipped" if loaded.skipped else "")
     for name, src in sorted(cfg.eval.test_sets.items()):
@@ -105,6 +107,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         return PreparedData(_revive(cached["examples"]), tests, cached["manifest"], cached["contamination"])
     train, tests, files, skipped = _load_all(cfg)
 
+    pa.default_memory_pool().release_unused()  # what reading the files left in Arrow's pool
     params = cfg.data.contamination
     result = audit(train, tests, params.ngram, params.threshold)
     contamination = report(result, train, cfg.data.decontaminate, params.ngram, params.threshold)

@@ -168,7 +168,7 @@ class Rows:
     @classmethod
     def concat(cls, parts: list["Rows"]) -> "Rows":
         tables = [p.table for p in parts if p.table.num_rows]
-        return cls(pa.concat_tables(tables).combine_chunks() if tables else None)
+        return cls(pa.concat_tables(tables) if tables else None)
 
     def __len__(self) -> int:
         return self.table.num_rows

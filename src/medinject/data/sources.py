@@ -102,22 +102,27 @@ def _json_rows(path: Path) -> Iterator[tuple[object, int]]:
 
 
 def _parquet_rows(path: Path, origin: str | None, columns: dict[str, str]) -> Iterator[tuple[object, int]]:
+    """Rows of a parquet file, read in record batches (a hub shard holds ~100K rows: reading it whole
+    would hold it twice, as Arrow and as Python rows); rows of another origin are skipped in Arrow."""
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        handle = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for unreadable files
         raise UserError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
     origin_column = columns.get("origin", "origin")
-    if origin is not None and origin_column in table.column_names:
-        index = np.flatnonzero(pc.equal(table[origin_column], origin).to_numpy(zero_copy_only=False))
-        table = table.take(index)
-    else:
-        index = np.arange(table.num_rows)
-    for row, i in zip(table.to_pylist(), index.tolist()):
-        yield row, i + 1
+    first = 0
+    for batch in handle.iter_batches(batch_size=10_000):
+        size = batch.num_rows
+        index = np.arange(size)
+        if origin is not None and origin_column in batch.schema.names:
+            index = np.flatnonzero(pc.equal(batch.column(origin_column), origin).to_numpy(zero_copy_only=False))
+            batch = batch.take(index)
+        for row, i in zip(batch.to_pylist(), index.tolist()):
+            yield row, first + i + 1
+        first += size
 
 
 def _chat_item(raw: object) -> tuple[object, tuple[str, ...] | None, str | None]:
