@@ -2,16 +2,18 @@
 
 `prepare_data(cfg)` is what a run calls; `python -m medinject.data.prepare [overrides]` (same config as
 train.py) runs only this stage and writes `manifest.json` and `contamination.json` in its output dir.
-The result is cached under `<cache_dir>/selections/` by a key made of every file's content hash and
+The result is cached under `<cache_dir>/selections/<key>/` (parquet + meta.json) by a key made of every file's content hash and
 every parameter that affects it, so a rerun with unchanged inputs skips the work.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +24,14 @@ from omegaconf import DictConfig
 from medinject.config import conf_dir, to_container
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
-from medinject.data.rows import Example
+from medinject.data.rows import Example, Rows
 from medinject.data.sources import file_sha256, load_source, source_files
 from medinject.errors import UserError
-from medinject.io import write_json_atomic, write_text_atomic
+from medinject.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "selection-v1"  # bump when the selection logic changes
+CACHE_VERSION = "selection-v2"  # bump when the selection logic changes
 
 
 @dataclass
@@ -94,17 +96,40 @@ def _input_hashes(cfg: DictConfig) -> dict[str, str]:
     return hashes
 
 
-def _revive(rows: list[dict]) -> list[Example]:
-    return [Example(**{**e, "options": tuple(e["options"])}) for e in rows]
+def _read_cache(folder: Path) -> PreparedData:
+    import pyarrow.parquet as pq
+
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    examples = Rows(pq.read_table(folder / "examples.parquet")).examples()
+    tests = {name: Rows(pq.read_table(folder / f"test-{i}.parquet")).examples() for i, name in enumerate(meta["test_sets"])}
+    return PreparedData(examples, tests, meta["manifest"], meta["contamination"])
+
+
+def _write_cache(folder: Path, prepared: PreparedData) -> None:
+    """Arrow files and a small JSON, built beside the final folder and renamed into place."""
+    import pyarrow.parquet as pq
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        pq.write_table(Rows.from_examples(prepared.examples).table, staging / "examples.parquet")
+        for i, rows in enumerate(prepared.test_rows.values()):
+            pq.write_table(Rows.from_examples(rows).table, staging / f"test-{i}.parquet")
+        meta = {"test_sets": list(prepared.test_rows), "manifest": prepared.manifest, "contamination": prepared.contamination}
+        (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another job wrote the same key first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
-    cache_file = Path(cfg.paths.cache_dir) / "selections" / f"{_key(CACHE_VERSION, _source_fingerprint(cfg), _input_hashes(cfg))}.json"
-    if cfg.data.cache and cache_file.is_file():
-        log.info("selection cache hit: %s", cache_file)
-        cached = json.loads(cache_file.read_text(encoding="utf-8"))
-        tests = {name: _revive(rows) for name, rows in cached["test_rows"].items()}
-        return PreparedData(_revive(cached["examples"]), tests, cached["manifest"], cached["contamination"])
+    cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), _input_hashes(cfg))
+    if cfg.data.cache and (cache / "meta.json").is_file():
+        log.info("selection cache hit: %s", cache)
+        return _read_cache(cache)
     train, tests, files, skipped = _load_all(cfg)
 
     pa.default_memory_pool().release_unused()  # what reading the files left in Arrow's pool
@@ -140,21 +165,10 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         "contaminated_rows": {e["source"]: e["contaminated"] for e in contamination["sources"]},
         "files": dict(sorted(files.items())),
     }
+    prepared = PreparedData(examples, {name: rows.examples() for name, rows in tests.items()}, manifest, contamination)
     if cfg.data.cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            cache_file,
-            json.dumps(
-                {
-                    "manifest": manifest,
-                    "contamination": contamination,
-                    "examples": [dataclasses.asdict(e) for e in examples],
-                    "test_rows": {name: [dataclasses.asdict(e) for e in rows] for name, rows in tests.items()},
-                },
-                ensure_ascii=False,
-            ),
-        )
-    return PreparedData(examples, {name: rows.examples() for name, rows in tests.items()}, manifest, contamination)
+        _write_cache(cache, prepared)
+    return prepared
 
 
 def write_records(prepared: PreparedData, out_dir: Path) -> None:
