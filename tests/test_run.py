@@ -40,7 +40,15 @@ def test_smoke_run_writes_complete_results_and_learns(smoke_cfg):
     assert "name: native+synthetic" in (run_dir / "adapter" / "medinject_config.yaml").read_text()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 2 * 2 * cfg.eval.limit
+    assert len(predictions) == 2 * 3 * cfg.eval.limit  # two test sets, three tasks
+    for test_set in ("native", "translated"):
+        assert metrics[f"eval/{test_set}/oeq/n"] == cfg.eval.limit
+        assert {"bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "answer_words_mean"} <= {
+            k.rsplit("/", 1)[1] for k in metrics if k.startswith(f"eval/{test_set}/oeq/")
+        }
+        assert 0.0 <= metrics[f"eval/{test_set}/mcq/hamming_constrained"] <= 1.0
+    mcq = [p for p in predictions if p["task"] != "oeq"]
+    assert all(p["prediction_constrained"] and abs(sum(p["option_probabilities"].values()) - 1) < 1e-4 for p in mcq)
     assert {p["test_set"] for p in predictions} == {"native", "translated"}
 
 

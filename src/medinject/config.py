@@ -208,14 +208,38 @@ class OptimConfig:
     warmup_ratio: float = 0.05  # of the optimizer steps, then cosine decay to 0
 
 
+class JudgeBackend(str, Enum):
+    none = "none"
+    local = "local"  # a transformers model (local folder or hub id), batched greedy generation
+    openai = "openai"  # an OpenAI-compatible chat-completions endpoint
+
+
+@dataclass
+class JudgeConfig:
+    backend: JudgeBackend = JudgeBackend.none
+    model: Optional[str] = None  # local: path or hub id; openai: the served model's name
+    base_url: Optional[str] = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the key is read from this variable, never stored
+    batch_size: int = 8
+    max_new_tokens: int = 8
+    timeout_s: float = 60.0
+    rubric: str = MISSING  # French instructions; {question}, {reference} and {answer} are filled in
+
+
 @dataclass
 class EvalConfig:
     name: str = MISSING
     test_sets: dict[str, SourceConfig] = field(default_factory=dict)
-    tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu])
+    tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu, TaskType.mcq, TaskType.oeq])
     batch_size: int = 16
-    max_new_tokens: int = 8
+    max_new_tokens: int = 8  # multiple choice
+    oeq_max_new_tokens: int = 128
+    constrained: bool = True  # also decode multiple choice restricted to option letters, separators, EOS
+    bertscore_model: Optional[str] = None  # encoder for BERTScore (None: no BERTScore)
+    bertscore_layer: int = -1
+    length_bins: int = 4  # answer-length quantile bins for the length-controlled judge score
     limit: Optional[int] = None  # at most this many items per test set and task (None: all)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass

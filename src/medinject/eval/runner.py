@@ -1,21 +1,28 @@
 """Evaluate a fine-tuned model on every configured test set and task, the same way for every run.
 
-Multiple-choice items (mcqu, mcq) are answered by greedy batched generation; the letters are read
-with the rule in `medinject.eval.letters` and scored by the `letter_match` evaluate module shipped in
-this package. Every item's prompt output, parsed letters and score go to `predictions.jsonl`.
+Multiple choice (mcqu, mcq): two decodings in left-padded batches with the KV cache, greedy and
+constrained (only the item's option letters, separators and end-of-sequence may be generated); the
+letters are read with the rule in `medinject.eval.letters`, and the probability of each option at
+the first answer step is kept. Open answers (oeq): greedy generation, BLEU, ROUGE, BERTScore, the
+judge when one is configured, answer-length statistics and a length-controlled judge score.
+Every metric goes through an `evaluate` module shipped in this package (`eval/metrics/`).
+
+Metric names: eval/<test set>/<task>/<metric>[_constrained].
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from importlib.resources import files
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from medinject.config import TaskType
+from medinject.config import JudgeBackend, TaskType
 from medinject.data.prompts import prompt_text
 from medinject.data.rows import Example
 from medinject.errors import UserError
@@ -23,23 +30,82 @@ from medinject.eval.letters import exact_match, hamming_score, join_letters, par
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TASKS = (TaskType.mcqu, TaskType.mcq)
+SEPARATORS = (",", " ", ", ")
 
 
 def metric_module(name: str) -> str:
     return str(files("medinject") / "eval" / "metrics" / name)
 
 
+def _load_metric(name: str):
+    import evaluate
+
+    return evaluate.load(metric_module(name), keep_in_memory=True)
+
+
+class AllowedTokens(LogitsProcessor):
+    """Every token outside each row's allowed set gets -inf: the row can only produce those tokens.
+    At the first step only `first` (the option letters) are allowed, so an answer is never empty."""
+
+    def __init__(self, allowed: list[list[int]], first: list[list[int]]):
+        self.allowed, self.first = allowed, first
+        self.steps = 0
+
+    @staticmethod
+    def _mask(scores: torch.Tensor, ids_per_row: list[list[int]]) -> torch.Tensor:
+        mask = torch.ones_like(scores, dtype=torch.bool)
+        for row, ids in enumerate(ids_per_row):
+            mask[row, ids] = False
+        return mask
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = self._mask(scores, self.first if self.steps == 0 else self.allowed)
+        self.steps += 1
+        return scores.masked_fill(mask, float("-inf"))
+
+
+def single_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
+    ids = [single_token(tokenizer, letter) for letter in options]
+    if None in ids:
+        raise UserError(f"eval.constrained: option letter {options[ids.index(None)]!r} is not a single token of this tokenizer")
+    return ids
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str) -> list[str]:
-    """Greedy generation in left-padded batches of similar length; outputs in the order of `prompts`."""
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    desc: str,
+    allowed: list[list[int]] | None = None,
+    first: list[list[int]] | None = None,
+) -> list[str] | tuple[list[str], list[list[float]]]:
+    """Greedy generation in left-padded batches of similar length, outputs in the order of `prompts`.
+
+    With `allowed` (token ids per prompt; `first` for the first step), decoding is constrained to
+    them, and each prompt's raw first-step logits are returned as well."""
     tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
+    first_step: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, leave=False):
         encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        extra = {}
+        if allowed is not None:
+            extra = {
+                "logits_processor": LogitsProcessorList([AllowedTokens([allowed[i] for i in batch], [first[i] for i in batch])]),
+                "output_logits": True,
+                "return_dict_in_generate": True,
+            }
         generated = model.generate(
             **encoded,
             max_new_tokens=max_new_tokens,
@@ -47,18 +113,19 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **extra,
         )
-        texts = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in zip(batch, texts):
+        sequences = generated.sequences if allowed is not None else generated
+        texts = tokenizer.batch_decode(sequences[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        for row, (i, text) in enumerate(zip(batch, texts)):
             outputs[i] = text
-    return outputs
+            if allowed is not None:
+                first_step[i] = generated.logits[0][row].float().tolist()
+    return (outputs, first_step) if allowed is not None else outputs
 
 
 def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
     """items[test set][task]: the rows each evaluation will see (at most `eval.limit` per task)."""
-    unsupported = [t.value for t in cfg.eval.tasks if t not in SUPPORTED_TASKS]
-    if unsupported:
-        raise UserError(f"eval.tasks: {', '.join(unsupported)} not evaluated yet (supported: mcqu, mcq)")
     items: dict[str, dict[str, list[Example]]] = {}
     for set_name, rows in test_rows.items():
         items[set_name] = {}
@@ -70,43 +137,136 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
-def evaluate_model(model, tokenizer, cfg: DictConfig, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
-    """Returns (metrics named eval/<test set>/<task>/<metric>, one prediction record per item)."""
-    import evaluate
+def _words(text: str) -> int:
+    return len(text.split())
 
-    letter_match = evaluate.load(metric_module("letter_match"), keep_in_memory=True)
-    system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
 
-    was_training = model.training
-    model.eval()
-    metrics: dict[str, float] = {}
-    records: list[dict] = []
-    for set_name, by_task in test_items.items():
-        for task_name, items in by_task.items():
-            prompts = [prompt_text(tokenizer, item, system, hints) for item in items]
-            outputs = generate(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, f"eval {set_name}/{task_name}")
+def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int) -> float | None:
+    """Judge accuracy averaged over answer-length quantile bins (each bin weighs the same), so a
+    judge that rewards long answers cannot lift a model that answers at length."""
+    scored = sorted((n, v) for n, v in zip(lengths, verdicts) if v is not None)
+    if not scored:
+        return None
+    bins = max(1, min(bins, len(scored)))
+    means = []
+    for b in range(bins):
+        chunk = scored[b * len(scored) // bins : (b + 1) * len(scored) // bins]
+        if chunk:
+            means.append(sum(v for _, v in chunk) / len(chunk))
+    return sum(means) / len(means)
+
+
+class Evaluator:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.letter_match = _load_metric("letter_match")
+        self.judge = None
+        if cfg.eval.judge.backend != JudgeBackend.none and TaskType.oeq in cfg.eval.tasks:
+            from medinject.eval.judge import Judge
+
+            self.judge = Judge(cfg.eval.judge, cfg.paths.cache_dir)
+
+    def _multiple_choice(self, model, tokenizer, set_name: str, task: str, items: list[Example], prompts: list[str]):
+        ev = self.cfg.eval
+        metrics, records = {}, []
+        greedy = generate(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, f"eval {set_name}/{task}")
+        decodings = {"": greedy}
+        probabilities: list[dict[str, float]] = [{} for _ in items]
+        if ev.constrained:
+            separators = [t for t in (single_token(tokenizer, s) for s in SEPARATORS) if t is not None]
+            letters = [option_token_ids(tokenizer, item.options) for item in items]
+            allowed = [ids + separators + [tokenizer.eos_token_id] for ids in letters]
+            constrained, first = generate(
+                model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, f"eval {set_name}/{task} constrained", allowed, letters
+            )
+            decodings["_constrained"] = constrained
+            for i, item in enumerate(items):
+                logits = torch.tensor([first[i][t] for t in letters[i]])
+                probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
+        parsed = {}
+        for suffix, outputs in decodings.items():
             predictions = [join_letters(parse_letters(out, item.options)) for out, item in zip(outputs, items)]
-            references = [item.answer for item in items]
-            scores = letter_match.compute(predictions=predictions, references=references)
-            prefix = f"eval/{set_name}/{task_name}"
-            metrics[f"{prefix}/em"] = float(scores["exact_match"])
-            if task_name == TaskType.mcq.value:
-                metrics[f"{prefix}/hamming"] = float(scores["hamming"])
-            metrics[f"{prefix}/n"] = float(len(items))
-            log.info("%s: em=%.3f over %d items", prefix, metrics[f"{prefix}/em"], len(items))
-            for item, out, pred in zip(items, outputs, predictions):
-                records.append(
+            scores = self.letter_match.compute(predictions=predictions, references=[item.answer for item in items])
+            metrics[f"em{suffix}"] = scores["exact_match"]
+            if task == TaskType.mcq.value:
+                metrics[f"hamming{suffix}"] = scores["hamming"]
+            parsed[suffix] = predictions
+        for i, item in enumerate(items):
+            record = {"options": list(item.options), "option_probabilities": probabilities[i]}
+            for suffix, outputs in decodings.items():
+                pred = parsed[suffix][i]
+                record.update(
                     {
-                        "test_set": set_name,
-                        "task": task_name,
-                        "id": item.id,
-                        "source": f"{Path(item.file).name}:{item.line}",
-                        "reference": item.answer,
-                        "output": out,
-                        "prediction": pred,
-                        "em": exact_match(pred, item.answer),
-                        "hamming": hamming_score(pred, item.answer),
+                        f"output{suffix}": outputs[i],
+                        f"prediction{suffix}": pred,
+                        f"em{suffix}": exact_match(pred, item.answer),
+                        f"hamming{suffix}": hamming_score(pred, item.answer),
                     }
                 )
-    model.train(was_training)
-    return metrics, records
+            records.append(record)
+        return metrics, records
+
+    def _open_answers(self, model, tokenizer, set_name: str, items: list[Example], prompts: list[str]):
+        ev = self.cfg.eval
+        outputs = generate(model, tokenizer, prompts, ev.batch_size, ev.oeq_max_new_tokens, f"eval {set_name}/oeq")
+        references = [item.answer for item in items]
+        metrics = dict(_load_metric("bleu").compute(predictions=outputs, references=references))
+        metrics.update(_load_metric("rouge").compute(predictions=outputs, references=references))
+        if ev.bertscore_model:
+            scores = _load_metric("bertscore").compute(
+                predictions=outputs, references=references, model_path=ev.bertscore_model, layer=ev.bertscore_layer
+            )
+            metrics["bertscore_f1"] = scores["bertscore_f1"]
+        lengths = [_words(o) for o in outputs]
+        metrics["answer_words_mean"] = statistics.fmean(lengths)
+        metrics["answer_words_median"] = float(statistics.median(lengths))
+        metrics["reference_words_mean"] = statistics.fmean(_words(r) for r in references)
+        records = [{"output": out, "answer_words": n} for out, n in zip(outputs, lengths)]
+        if self.judge is not None:
+            judged = self.judge.verdicts([(f"{item.instruction}\n{item.context}".strip(), item.answer, out) for item, out in zip(items, outputs)])
+            verdicts = [v for v, _ in judged]
+            readable = [v for v in verdicts if v is not None]
+            metrics["judge"] = sum(readable) / len(readable) if readable else float("nan")
+            lc = length_controlled(lengths, verdicts, ev.length_bins)
+            metrics["judge_length_controlled"] = lc if lc is not None else float("nan")
+            metrics["judge_unparsable"] = float(len(verdicts) - len(readable))
+            for record, (verdict, raw) in zip(records, judged):
+                record.update({"judge": verdict, "judge_output": raw})
+        return {k: float(v) for k, v in metrics.items()}, records
+
+    def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
+        """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per item)."""
+        system, hints = self.cfg.prompt.system, dict(self.cfg.prompt.task_hints)
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        records: list[dict] = []
+        for set_name, by_task in test_items.items():
+            for task, items in by_task.items():
+                prompts = [prompt_text(tokenizer, item, system, hints) for item in items]
+                if task == TaskType.oeq.value:
+                    task_metrics, task_records = self._open_answers(model, tokenizer, set_name, items, prompts)
+                else:
+                    task_metrics, task_records = self._multiple_choice(model, tokenizer, set_name, task, items, prompts)
+                task_metrics["n"] = float(len(items))
+                for name, value in task_metrics.items():
+                    metrics[f"eval/{set_name}/{task}/{name}"] = value
+                log.info("eval/%s/%s: %s", set_name, task, ", ".join(f"{k}={v:.3f}" for k, v in task_metrics.items()))
+                for item, prompt, record in zip(items, prompts, task_records):
+                    records.append(
+                        {
+                            "test_set": set_name,
+                            "task": task,
+                            "id": item.id,
+                            "source": f"{Path(item.file).name}:{item.line}",
+                            "prompt": prompt,
+                            "reference": item.answer,
+                            **record,
+                        }
+                    )
+        model.train(was_training)
+        return metrics, records
+
+
+def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
+    return Evaluator(cfg).run(model, tokenizer, test_items)

@@ -1,0 +1,136 @@
+"""LLM-as-judge for open answers: does the answer cover the essential information of the reference?
+
+Verdicts are 1, 0, or None when the judge's output cannot be read; None is counted and reported,
+never scored as 0. Two backends: a local transformers model (batched greedy generation) and an
+OpenAI-compatible chat-completions endpoint (key read from an environment variable at call time,
+never written anywhere). Verdicts are cached in `<cache_dir>/judge/verdicts.jsonl`, keyed by a hash
+of (question, reference, answer, judge, rubric), so re-evaluating does not pay twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from medinject.config import JudgeBackend
+from medinject.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_VERDICT = re.compile(r"^\W*([01])(?!\d)")
+
+
+def parse_verdict(text: str) -> int | None:
+    """1 or 0 when the output starts with it (after spaces or punctuation), else None."""
+    match = _VERDICT.match(text.strip())
+    return int(match.group(1)) if match else None
+
+
+def judge_id(cfg: DictConfig) -> str:
+    return f"{cfg.backend.value}:{cfg.model}" + (f"@{cfg.base_url}" if cfg.backend == JudgeBackend.openai else "")
+
+
+class Judge:
+    def __init__(self, cfg: DictConfig, cache_dir: str):
+        if cfg.backend == JudgeBackend.none:
+            raise ValueError("no judge configured")
+        if not cfg.model:
+            raise UserError("eval.judge.model: a judge needs a model (a path or hub id, or the served model's name)")
+        if cfg.backend == JudgeBackend.openai and not cfg.base_url:
+            raise UserError("eval.judge.base_url: the openai backend needs the endpoint, e.g. http://127.0.0.1:8000/v1")
+        self.cfg = cfg
+        self.id = judge_id(cfg)
+        self.cache_path = Path(cache_dir) / "judge" / "verdicts.jsonl"
+        self.cache = self._read_cache()
+        self._model = self._tokenizer = None
+        self.calls = 0
+
+    def _read_cache(self) -> dict[str, dict]:
+        cache = {}
+        if self.cache_path.is_file():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash: ignore it
+                    continue
+                cache[entry["key"]] = entry
+        return cache
+
+    def _key(self, question: str, reference: str, answer: str) -> str:
+        parts = json.dumps([question, reference, answer, self.id, self.cfg.rubric], ensure_ascii=False)
+        return hashlib.sha256(parts.encode()).hexdigest()
+
+    def prompt(self, question: str, reference: str, answer: str) -> str:
+        return self.cfg.rubric.format(question=question, reference=reference, answer=answer)
+
+    def verdicts(self, items: list[tuple[str, str, str]]) -> list[tuple[int | None, str]]:
+        """(verdict, raw judge output) for each (question, reference, answer)."""
+        keys = [self._key(*item) for item in items]
+        todo = [i for i, key in enumerate(keys) if key not in self.cache]
+        if todo:
+            prompts = [self.prompt(*items[i]) for i in todo]
+            outputs = self._local(prompts) if self.cfg.backend == JudgeBackend.local else self._openai(prompts)
+            self.calls += len(prompts)
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache_path.open("a", encoding="utf-8") as handle:
+                for i, output in zip(todo, outputs):
+                    entry = {"key": keys[i], "verdict": parse_verdict(output), "output": output}
+                    self.cache[keys[i]] = entry
+                    handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return [(self.cache[k]["verdict"], self.cache[k]["output"]) for k in keys]
+
+    @torch.no_grad()
+    def _local(self, prompts: list[str]) -> list[str]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from medinject.eval.runner import generate
+
+        if self._model is None:
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.model)
+                self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model).eval()
+            except (OSError, ValueError) as err:
+                raise UserError(f"eval.judge.model: cannot load {self.cfg.model!r}: {str(err).splitlines()[0]}") from None
+            if self._tokenizer.pad_token is None:
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        texts = [
+            self._tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        return generate(self._model, self._tokenizer, texts, self.cfg.batch_size, self.cfg.max_new_tokens, "judge")
+
+    def _openai(self, prompts: list[str]) -> list[str]:
+        key = os.environ.get(self.cfg.api_key_env, "")
+        url = self.cfg.base_url.rstrip("/") + "/chat/completions"
+        outputs = []
+        for prompt in prompts:
+            body = {
+                "model": self.cfg.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": self.cfg.max_new_tokens,
+            }
+            request = urllib.request.Request(
+                url,
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+                    reply = json.loads(response.read())
+            except (urllib.error.URLError, TimeoutError) as err:
+                raise UserError(f"eval.judge.base_url: {url} failed: {getattr(err, 'reason', err)}") from None
+            try:
+                outputs.append(reply["choices"][0]["message"]["content"] or "")
+            except (KeyError, IndexError, TypeError):
+                outputs.append("")  # an answer without content: unparsable, counted as such
+        return outputs
