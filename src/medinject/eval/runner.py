@@ -259,6 +259,7 @@ class Evaluator:
                             "task": task,
                             "id": item.id,
                             "source": f"{Path(item.file).name}:{item.line}",
+                            "question": f"{item.instruction}\n\n{item.context}".strip(),
                             "prompt": prompt,
                             "reference": item.answer,
                             **record,

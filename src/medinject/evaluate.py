@@ -1,0 +1,79 @@
+"""Re-evaluate a trained run without training: `python -m medinject.evaluate <run dir> [key=value ...]`.
+
+The run's saved config and adapter are loaded, the overrides (dot-list, e.g.
+`eval.judge.backend=openai eval.judge.base_url=http://host:8000/v1 eval.judge.model=NAME`) applied,
+and the evaluation runs again. `predictions.jsonl` is replaced and the `eval/...` metrics of
+`results.json` are replaced by the new ones (both written atomically); the training metrics stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from medinject.config import RunConfig
+from medinject.errors import UserError
+from medinject.io import write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger("medinject.evaluate")
+
+
+def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    from peft import PeftModel
+
+    from medinject.data.sources import load_source
+    from medinject.eval.runner import Evaluator, eval_items
+    from medinject.model.load import load_tokenizer_and_model
+    from medinject.secrets import redact
+
+    results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
+    for path in (results_path, config_path, adapter / "adapter_config.json"):
+        if not path.exists():
+            raise UserError(f"{run_dir}: not a trained run directory ({path.name} missing)")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    if results.get("status") != "completed":
+        raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_path), OmegaConf.from_dotlist(overrides))
+    except Exception as err:  # omegaconf validation errors: one line
+        raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
+    cfg.paths.output_dir = str(run_dir)
+
+    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    test_rows = {
+        name: load_source(src, cfg.paths, f"eval.test_sets.{name}").rows.examples() for name, src in cfg.eval.test_sets.items()
+    }
+    started = time.perf_counter()
+    metrics, predictions = Evaluator(cfg).run(model, tokenizer, eval_items(cfg, test_rows))
+    write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)
+    results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
+    results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)
+    results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
+    write_json_atomic(results_path, redact(results))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m medinject.evaluate", description="Re-evaluate a trained run.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        metrics = reevaluate(args.run_dir, args.overrides)
+    except UserError as err:
+        print(f"medinject: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for name, value in sorted(metrics.items()):
+        print(f"{name}\t{value:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Human review of open answers, blinded.
+
+    python -m medinject.review export <sweep or run dirs...> --out review/ [--per-run 20] [--seed 0]
+    python -m medinject.review import review/ratings.csv [--key review/key.csv]
+
+`export` samples open answers from every run found under the given directories, shuffles them across
+runs and writes `review.csv` (uid, question, reference, answer, rating — blank) for clinicians, with
+nothing that tells which configuration wrote an answer, and `key.csv` apart (uid -> run, config,
+item, judge verdict, per-item automatic metrics). `import` reads the filled-in ratings (1 = the
+answer covers the essential information of the reference, 0 = it does not), joins them with the key
+and reports judge-human agreement (accuracy, Cohen's kappa) and the Spearman correlation of each
+automatic metric with the ratings, also written to `agreement.json` beside the ratings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+
+from medinject.errors import UserError
+from medinject.io import write_json_atomic, write_text_atomic
+
+REVIEW_FIELDS = ["uid", "question", "reference", "answer", "rating"]
+METRICS = ["judge", "rougeL", "bleu", "answer_words"]
+
+
+def _runs(paths: list[Path]) -> list[Path]:
+    found = sorted({p.parent for path in paths for p in ([path / "results.json"] if (path / "results.json").exists() else path.rglob("results.json"))})
+    runs = [r for r in found if json.loads((r / "results.json").read_text(encoding="utf-8")).get("status") == "completed"]
+    if not runs:
+        raise UserError(f"review export: no completed run (results.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def _csv(rows: list[dict], fields: list[str]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def export(paths: list[Path], out: Path, per_run: int, seed: int) -> int:
+    import evaluate
+
+    from medinject.eval.runner import metric_module
+
+    rouge = evaluate.load(metric_module("rouge"), keep_in_memory=True)
+    bleu = evaluate.load(metric_module("bleu"), keep_in_memory=True)
+    rng = random.Random(seed)
+    picked = []
+    for run in _runs(paths):
+        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+        lines = (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        answers = [p for p in map(json.loads, lines) if p["task"] == "oeq"]
+        for record in rng.sample(answers, min(per_run, len(answers))):
+            picked.append((run, results["data"]["config"], results["data"].get("seed"), record))
+    rng.shuffle(picked)
+    review, key = [], []
+    for n, (run, config, run_seed, record) in enumerate(picked, start=1):
+        uid = f"R{n:05d}"
+        review.append({"uid": uid, "question": record["question"], "reference": record["reference"], "answer": record["output"], "rating": ""})
+        key.append(
+            {
+                "uid": uid,
+                "run_dir": str(run),
+                "config": config,
+                "seed": run_seed,
+                "test_set": record["test_set"],
+                "item_id": record["id"],
+                "judge": "" if record.get("judge") is None else record["judge"],
+                "rougeL": rouge.compute(predictions=[record["output"]], references=[record["reference"]])["rougeL"],
+                "bleu": bleu.compute(predictions=[record["output"]], references=[record["reference"]])["bleu"],
+                "answer_words": len(record["output"].split()),
+            }
+        )
+    write_text_atomic(out / "review.csv", _csv(review, REVIEW_FIELDS))
+    write_text_atomic(out / "key.csv", _csv(key, list(key[0]) if key else ["uid"]))
+    return len(review)
+
+
+def cohen_kappa(a: list[int], b: list[int]) -> float:
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    pa, pb = sum(a) / n, sum(b) / n
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+
+
+def import_ratings(ratings_path: Path, key_path: Path) -> dict:
+    def read(path: Path) -> list[dict]:
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        with path.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    key = {row["uid"]: row for row in read(key_path)}
+    pairs = []
+    for line, row in enumerate(read(ratings_path), start=2):
+        rating = (row.get("rating") or "").strip()
+        if rating == "":
+            continue
+        if rating not in ("0", "1"):
+            raise UserError(f"{ratings_path}:{line}: field 'rating': {rating!r} is not 0 or 1")
+        if row.get("uid") not in key:
+            raise UserError(f"{ratings_path}:{line}: field 'uid': {row.get('uid')!r} is not in {key_path}")
+        pairs.append((int(rating), key[row["uid"]]))
+    if not pairs:
+        raise UserError(f"{ratings_path}: no rating filled in")
+    human = [r for r, _ in pairs]
+    judged = [(r, int(k["judge"])) for r, k in pairs if k.get("judge") not in ("", None)]
+    report = {"rated": len(pairs), "human_positive_rate": sum(human) / len(human)}
+    if judged:
+        h, j = [a for a, _ in judged], [b for _, b in judged]
+        report["judge"] = {"n": len(judged), "accuracy": sum(a == b for a, b in judged) / len(judged), "cohen_kappa": cohen_kappa(h, j)}
+    report["spearman_with_human"] = {
+        m: spearman([float(k[m]) for _, k in pairs if k.get(m) not in ("", None)], [r for r, k in pairs if k.get(m) not in ("", None)])
+        for m in METRICS
+        if any(k.get(m) not in ("", None) for _, k in pairs)
+    }
+    write_json_atomic(ratings_path.parent / "agreement.json", report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m medinject.review", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ex = commands.add_parser("export", help="blinded CSV sample of open answers")
+    ex.add_argument("paths", nargs="+", type=Path)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--per-run", type=int, default=20)
+    ex.add_argument("--seed", type=int, default=0)
+    im = commands.add_parser("import", help="agreement of ratings with the judge and the metrics")
+    im.add_argument("ratings", type=Path)
+    im.add_argument("--key", type=Path, help="default: key.csv beside the ratings")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            n = export(args.paths, args.out, args.per_run, args.seed)
+            print(f"{n} answers -> {args.out / 'review.csv'} (key apart: {args.out / 'key.csv'})")
+        else:
+            report = import_ratings(args.ratings, args.key or args.ratings.parent / "key.csv")
+            print(json.dumps(report, indent=2))
+    except UserError as err:
+        print(f"medinject: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
