@@ -168,3 +168,21 @@ def test_run_with_an_openai_compatible_judge_keeps_the_key_out_of_the_run(smoke_
     predictions = [json.loads(line) for line in (Path(cfg.paths.output_dir) / "predictions.jsonl").read_text().splitlines()]
     oeq = [p for p in predictions if p["task"] == "oeq"]
     assert [p["judge"] for p in oeq[:3]] == [1, 0, None]
+
+
+def test_shared_prefill_decoding_equals_two_generate_calls(tiny):
+    from medinject.eval.runner import decode_choices
+
+    cfg, tokenizer, model = tiny
+    letters = option_token_ids(tokenizer, ("A", "B", "C", "D"))
+    allowed = letters + [single_token(tokenizer, ","), tokenizer.eos_token_id]
+    prompts = [
+        f"<|im_start|>user\n{'Question longue sur le traitement. ' * n}Réponse ?<|im_end|>\n<|im_start|>assistant\n" for n in (1, 5, 2, 9, 3)
+    ]
+    greedy = generate(model, tokenizer, prompts, 1, 6, "g")
+    constrained, first = generate(model, tokenizer, prompts, 1, 6, "c", [allowed] * 5, [letters] * 5)
+    shared_greedy, shared_constrained, shared_first = decode_choices(model, tokenizer, prompts, 4, 6, [allowed] * 5, [letters] * 5, "s")
+    assert shared_greedy == greedy
+    assert shared_constrained == constrained
+    for a, b in zip(first, shared_first):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-4)

@@ -124,6 +124,60 @@ def generate(
     return (outputs, first_step) if allowed is not None else outputs
 
 
+@torch.no_grad()
+def decode_choices(
+    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, allowed: list[list[int]], first: list[list[int]], desc: str
+) -> tuple[list[str], list[str], list[list[float]]]:
+    """Greedy and constrained decodings of every prompt from one shared prefill.
+
+    Each batch's prompts are encoded once (the costly part: prompts are long, answers a few tokens);
+    the KV cache is then duplicated so that row 2i continues greedily and row 2i+1 under the
+    constraint, both in the same forward passes. Positions follow left padding the way
+    `generate` computes them, so the outputs equal two separate `generate` calls (checked in tests).
+    Returns (greedy texts, constrained texts, raw first-step logits), in the order of `prompts`."""
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    greedy_out, constrained_out = [""] * len(prompts), [""] * len(prompts)
+    first_logits: list[list[float]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, leave=False):
+        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        attention = encoded["attention_mask"]
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
+        out = model(input_ids=encoded["input_ids"], attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        for row, i in enumerate(batch):
+            first_logits[i] = logits[row].tolist()
+        cache.batch_repeat_interleave(2)
+        attention = attention.repeat_interleave(2, dim=0)
+        logits = logits.repeat_interleave(2, dim=0)
+        constrained_rows = torch.arange(logits.shape[0], device=device) % 2 == 1
+        masks = [AllowedTokens._mask(logits[:1].expand(len(batch), -1), [ids[i] for i in batch]) for ids in (first, allowed)]
+        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+        steps = []
+        for step in range(max_new_tokens):
+            mask = masks[0] if step == 0 else masks[1]
+            scores = logits.clone()
+            scores[constrained_rows] = scores[constrained_rows].masked_fill(mask, float("-inf"))
+            chosen = scores.argmax(dim=-1).masked_fill(finished, pad)
+            steps.append(chosen)
+            finished |= chosen == eos
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            out = model(
+                input_ids=chosen[:, None], attention_mask=attention, position_ids=attention.sum(-1, keepdim=True) - 1,
+                past_key_values=cache, use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+        texts = tokenizer.batch_decode(torch.stack(steps, dim=1), skip_special_tokens=True)
+        for row, i in enumerate(batch):
+            greedy_out[i], constrained_out[i] = texts[2 * row], texts[2 * row + 1]
+    return greedy_out, constrained_out, first_logits
+
+
 def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
     """items[test set][task]: the rows each evaluation will see (at most `eval.limit` per task)."""
     items: dict[str, dict[str, list[Example]]] = {}
@@ -169,20 +223,23 @@ class Evaluator:
     def _multiple_choice(self, model, tokenizer, set_name: str, task: str, items: list[Example], prompts: list[str]):
         ev = self.cfg.eval
         metrics, records = {}, []
-        greedy = generate(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, f"eval {set_name}/{task}")
-        decodings = {"": greedy}
         probabilities: list[dict[str, float]] = [{} for _ in items]
+        desc = f"eval {set_name}/{task}"
         if ev.constrained:
             separators = [t for t in (single_token(tokenizer, s) for s in SEPARATORS) if t is not None]
             letters = [option_token_ids(tokenizer, item.options) for item in items]
             allowed = [ids + separators + [tokenizer.eos_token_id] for ids in letters]
-            constrained, first = generate(
-                model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, f"eval {set_name}/{task} constrained", allowed, letters
-            )
-            decodings["_constrained"] = constrained
+            if ev.batch_size > 1:
+                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, allowed, letters, desc)
+            else:  # one greedy and one constrained generate call per item: the simple script's way
+                greedy = generate(model, tokenizer, prompts, 1, ev.max_new_tokens, desc)
+                constrained, first = generate(model, tokenizer, prompts, 1, ev.max_new_tokens, desc, allowed, letters)
+            decodings = {"": greedy, "_constrained": constrained}
             for i, item in enumerate(items):
                 logits = torch.tensor([first[i][t] for t in letters[i]])
                 probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
+        else:
+            decodings = {"": generate(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, desc)}
         parsed = {}
         for suffix, outputs in decodings.items():
             predictions = [join_letters(parse_letters(out, item.options)) for out, item in zip(outputs, items)]
