@@ -184,3 +184,12 @@ def test_answer_frame_renders_like_the_full_template(tokenizer):
     for example in _sources()["translated"][:20]:
         prompt = prompt_text(tokenizer, example, "Système.", hints)
         assert before + example.answer + after == completion_text(tokenizer, example, "Système.", hints, prompt)
+
+
+def test_rows_take_keeps_the_requested_order_across_chunks():
+    from medinject.data.rows import Rows
+
+    examples = _sources()["native"][:10].examples()
+    rows = Rows.concat([Rows.from_examples(examples[:4]), Rows.from_examples(examples[4:])])  # two chunks
+    picked = rows.take([7, 1, 5, 1, 0])
+    assert [e.id for e in picked] == [examples[i].id for i in (7, 1, 5, 1, 0)]

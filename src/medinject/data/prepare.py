@@ -143,7 +143,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
                 entry["contaminated"], entry["rows"], entry["source"], 100 * entry["rate"],
                 ", dropped" if cfg.data.decontaminate else " (data.decontaminate=false: kept)",
             )
-    if cfg.data.decontaminate:
+    pa.default_memory_pool().release_unused()
+    if cfg.data.decontaminate and result.contaminated:  # filtering copies the table: only when needed
         train = {name: rows.filter(~contaminated_mask(rows, result)) for name, rows in train.items()}
         for name, rows in train.items():
             if not rows:

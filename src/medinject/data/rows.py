@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from medinject.config import Origin, TaskType
@@ -191,7 +192,21 @@ class Rows:
             yield from (self._example(row) for row in batch.to_pylist())
 
     def take(self, indices) -> "Rows":
-        return Rows(self.table.take(pa.array(indices, type=pa.int64())))
+        """Rows at `indices`, in that order. Taken batch by batch: pyarrow's take on a chunked table
+        may first concatenate every chunk, a full copy of a source for a 30K-row selection."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if not len(indices):
+            return Rows(self.table.slice(0, 0))
+        batches = self.table.to_batches()
+        starts = np.cumsum([0] + [b.num_rows for b in batches])
+        order = np.argsort(indices, kind="stable")
+        which = np.searchsorted(starts, indices[order], side="right") - 1
+        parts = [
+            batches[b].take(pa.array(indices[order][which == b] - starts[b]))
+            for b in np.unique(which)
+        ]
+        gathered = pa.Table.from_batches(parts, schema=self.table.schema)  # in sorted index order
+        return Rows(gathered.take(pa.array(np.argsort(order, kind="stable"))))
 
     def filter(self, mask) -> "Rows":
         return Rows(self.table.filter(pa.array(mask, type=pa.bool_())))
