@@ -317,3 +317,24 @@ def test_prepare_cli_writes_the_manifest(tmp_path):
     assert len(manifest["selected_ids_sha256"]) == 64
     assert all(len(h) == 64 for h in manifest["files"].values()) and len(manifest["files"]) >= 4
     assert (out / "contamination.json").is_file()
+
+
+def test_a_user_test_set_in_an_eval_config_is_loaded_and_evaluated_per_task(tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from medinject.eval.runner import eval_items
+
+    items = [{"messages": [{"role": "user", "content": f"Question {i} ?\nA. x\nB. y"}], "classes": ["A", "B"], "answer": "AB"[i % 2]} for i in range(4)]
+    (tmp_path / "mine.json").write_text(json.dumps(items), encoding="utf-8")
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "eval" / "with_mine.yaml").write_text(
+        f"defaults: [default]\nname: with_mine\ntest_sets:\n  mine: {{format: chat_json, split: test, files: [{tmp_path}/mine.json]}}\n"
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["eval=with_mine", "eval.tasks=[mcqu]", f"paths.cache_dir={tmp_path}/cache", "paths.output_dir=/tmp/unused"])
+    prepared = prepare_data(cfg)
+    assert len(prepared.test_rows["mine"]) == 4
+    assert [r.answer for r in eval_items(cfg, prepared.test_rows)["mine"]["mcqu"]] == ["A", "B", "A", "B"]

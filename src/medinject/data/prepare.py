@@ -2,8 +2,9 @@
 
 `prepare_data(cfg)` is what a run calls; `python -m medinject.data.prepare [overrides]` (same config as
 train.py) runs only this stage and writes `manifest.json` and `contamination.json` in its output dir.
-The result is cached under `<cache_dir>/selections/<key>/` (parquet + meta.json) by a key made of every file's content hash and
-every parameter that affects it, so a rerun with unchanged inputs skips the work.
+The result is cached under `<cache_dir>/selections/<key>/` (parquet + meta.json), the key made of
+every file's content hash and every parameter that affects it, so a rerun with unchanged inputs
+skips the work.
 """
 
 from __future__ import annotations
