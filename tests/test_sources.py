@@ -71,7 +71,7 @@ def test_all_loaders_normalize_identical_content_to_identical_records(tmp_path):
     from_parquet = load_source(*_source(origin="native", format="parquet", files=[str(tmp_path / "mapped.parquet")], columns=mapping), "pq").rows
 
     (tmp_path / "hub_dir").mkdir()
-    pq.write_table(pa.Table.from_pylist(native), tmp_path / "hub_dir" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(everything), tmp_path / "hub_dir" / "train-00000-of-00001.parquet")  # like ALL
     from_hub = load_source(*_source(origin="native", format="hub", hub_id=str(tmp_path / "hub_dir")), "hub").rows
 
     assert len(reference) == len(native)

@@ -228,8 +228,10 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
         except Exception as err:  # network, auth, unknown id or split: one line for the user
             raise UserError(f"{key}.hub_id: cannot load {src.hub_id!r} split {split!r}: {str(err).splitlines()[0]}") from None
         loaded.files[f"hub:{src.hub_id}"] = rows._fingerprint
+        origin_column = columns.get("origin", "origin")
         for i, raw in enumerate(rows, start=1):
-            take(raw, src.hub_id, i)
+            if origin is None or raw.get(origin_column, origin) == origin:  # ALL mixes the three origins
+                take(raw, src.hub_id, i)
         return finish()
 
     typed = source_files(src, paths, key)
