@@ -80,8 +80,21 @@ def _check(cfg: DictConfig) -> None:
         raise UserError("trainer.max_steps: 0 trains nothing; use -1 for max_epochs or a positive number")
 
 
+def _fit_threads_to_allocation() -> None:
+    """Use the CPUs SLURM gave the job, not every core of the node: several jobs on one node each
+    running a full set of OpenMP threads slow each other down many times over."""
+    import os
+
+    import torch
+
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
+        torch.set_num_threads(int(cpus))
+
+
 def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     _check(cfg)
+    _fit_threads_to_allocation()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = redact(to_container(cfg))
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
