@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 from http.server import HTTPServer
-from pathlib import Path
 
 import pytest
 
