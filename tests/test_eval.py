@@ -156,7 +156,7 @@ def test_run_with_an_openai_compatible_judge_keeps_the_key_out_of_the_run(smoke_
         server.shutdown()
     assert len(FakeOpenAI.seen) == 6  # three open answers per test set
     assert all(auth == f"Bearer {secret}" and body["model"] == "judge-model" for auth, body in FakeOpenAI.seen)
-    assert "Référence" in FakeOpenAI.seen[0][1]["messages"][0]["content"] or "référence" in FakeOpenAI.seen[0][1]["messages"][0]["content"]
+    assert "Réponse de référence :" in FakeOpenAI.seen[0][1]["messages"][0]["content"]  # the French rubric, filled in
     for test_set in ("native", "translated"):
         assert metrics[f"eval/{test_set}/oeq/judge_unparsable"] == 1.0
         assert metrics[f"eval/{test_set}/oeq/judge"] == pytest.approx(0.5)
