@@ -17,9 +17,8 @@ from medinject.data.rows import Example, Rows
 from medinject.errors import UserError
 
 
-def _ranked(rows: Rows, positions: list[int], seed: int) -> list[int]:
-    """`positions` (row indices) in the seeded order."""
-    ids = rows.column("id").to_pylist()
+def _ranked(ids: list[str], positions: list[int], seed: int) -> list[int]:
+    """`positions` (row indices into `ids`) in the seeded order."""
     return sorted(positions, key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest())
 
 
@@ -28,21 +27,27 @@ def _split_evenly(total: int, names: list[str]) -> dict[str, int]:
     return {name: share + (1 if i < extra else 0) for i, name in enumerate(names)}
 
 
-def _take(name: str, rows: Rows, positions: list[int], want: int, seed: int, balance: TaskBalance, allow_repeat: bool, why: str) -> list[int]:
-    if balance == TaskBalance.balanced:
-        types = rows.column("type").to_pylist()
-        by_type: dict[str, list[int]] = {}
-        for i in positions:
-            by_type.setdefault(types[i], []).append(i)
-        quotas = _split_evenly(want, sorted(by_type))
-        return [i for t, n in quotas.items() for i in _take(f"{name}/{t}", rows, by_type[t], n, seed, TaskBalance.source, allow_repeat, why)]
-    ranked = _ranked(rows, positions, seed)
+def _first(name: str, ids: list[str], ranked: list[int], want: int, seed: int, allow_repeat: bool, why: str) -> list[int]:
+    """The first `want` of `ranked`; past its end, whole passes and then a fresh seeded draw."""
     if want <= len(ranked):
         return ranked[:want]
     if not allow_repeat:
         raise UserError(f"mix.budget: source '{name}' has {len(ranked)} training rows, {want - len(ranked)} short of its {why} of {want}")
     passes, rest = divmod(want, len(ranked))
-    return ranked * passes + _ranked(rows, positions, seed + passes)[:rest]
+    return ranked * passes + _ranked(ids, ranked, seed + passes)[:rest]
+
+
+def _take(name: str, rows: Rows, want: int, seed: int, balance: TaskBalance, allow_repeat: bool, why: str) -> list[int]:
+    ids = rows.column("id").to_pylist()
+    ranked = _ranked(ids, list(range(len(ids))), seed)
+    if balance == TaskBalance.source:
+        return _first(name, ids, ranked, want, seed, allow_repeat, why)
+    types = rows.column("type").to_pylist()
+    by_type: dict[str, list[int]] = {}
+    for i in ranked:  # each type's rows keep the seeded order
+        by_type.setdefault(types[i], []).append(i)
+    quotas = _split_evenly(want, sorted(by_type))
+    return [i for t, n in quotas.items() for i in _first(f"{name}/{t}", ids, by_type[t], n, seed, allow_repeat, why)]
 
 
 def _weighted_quotas(weights: dict, names: list[str], budget: int) -> dict[str, int]:
@@ -76,7 +81,8 @@ def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int) -> list[
         raise UserError("data.sources: a provenance configuration needs at least one source")
     strategy = mix.strategy
     if strategy == MixStrategy.natural:
-        return [ex for name in names for ex in _rows(rows_by_source[name]).take(_ranked(_rows(rows_by_source[name]), list(range(len(rows_by_source[name]))), seed))]
+        quotas, why, repeat = {name: len(rows_by_source[name]) for name in names}, "", False
+        return _gather(rows_by_source, quotas, seed, TaskBalance.source, repeat, why)
     budget = mix.budget
     if budget is None or budget <= 0:
         raise UserError(f"mix.budget: {strategy.value} needs a positive budget, got {budget}")
@@ -88,12 +94,12 @@ def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int) -> list[
         quotas, why, repeat = _weighted_quotas(_as_dict(mix.weights), names, budget), "weighted share", mix.allow_repeat
     else:
         raise UserError(f"mix.strategy: unknown strategy {strategy!r}")
+    return _gather(rows_by_source, quotas, seed, mix.task_balance, repeat, why)
+
+
+def _gather(rows_by_source: dict[str, Rows], quotas: dict[str, int], seed: int, balance: TaskBalance, repeat: bool, why: str) -> list[Example]:
     chosen: list[Example] = []
-    for name in names:
-        rows = _rows(rows_by_source[name])
-        chosen.extend(rows.take(_take(name, rows, list(range(len(rows))), quotas[name], seed, mix.task_balance, repeat, why)))
+    for name in sorted(quotas):
+        rows = rows_by_source[name]
+        chosen.extend(rows.take(_take(name, rows, quotas[name], seed, balance, repeat, why)))
     return chosen
-
-
-def _rows(rows: Rows | list[Example]) -> Rows:
-    return rows if isinstance(rows, Rows) else Rows.from_examples(rows)
