@@ -76,6 +76,15 @@ def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
     return ids
 
 
+def _encoded_batches(tokenizer, prompts: list[str], batch_size: int, device, desc: str):
+    """(prompt indices, left-padded encoding) per batch; prompts of similar length batched together."""
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        batch = order[start : start + batch_size]
+        yield batch, tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -91,14 +100,10 @@ def generate(
 
     With `allowed` (token ids per prompt; `first` for the first step), decoding is constrained to
     them, and each prompt's raw first-step logits are returned as well."""
-    tokenizer.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     first_step: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, leave=False):
-        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    for batch, encoded in _encoded_batches(tokenizer, prompts, batch_size, device, desc):
         extra = {}
         if allowed is not None:
             extra = {
@@ -135,15 +140,11 @@ def decode_choices(
     constraint, both in the same forward passes. Positions follow left padding the way
     `generate` computes them, so the outputs equal two separate `generate` calls (checked in tests).
     Returns (greedy texts, constrained texts, raw first-step logits), in the order of `prompts`."""
-    tokenizer.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     greedy_out, constrained_out = [""] * len(prompts), [""] * len(prompts)
     first_logits: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, leave=False):
-        encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    for batch, encoded in _encoded_batches(tokenizer, prompts, batch_size, device, desc):
         attention = encoded["attention_mask"]
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
         out = model(input_ids=encoded["input_ids"], attention_mask=attention, position_ids=positions, use_cache=True)
@@ -214,6 +215,8 @@ class Evaluator:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.letter_match = _load_metric("letter_match")
+        self.bleu, self.rouge = _load_metric("bleu"), _load_metric("rouge")
+        self.bertscore = _load_metric("bertscore") if cfg.eval.bertscore_model else None
         self.judge = None
         if cfg.eval.judge.backend != JudgeBackend.none and TaskType.oeq in cfg.eval.tasks:
             from medinject.eval.judge import Judge
@@ -267,10 +270,10 @@ class Evaluator:
         ev = self.cfg.eval
         outputs = generate(model, tokenizer, prompts, ev.batch_size, ev.oeq_max_new_tokens, f"eval {set_name}/oeq")
         references = [item.answer for item in items]
-        metrics = dict(_load_metric("bleu").compute(predictions=outputs, references=references))
-        metrics.update(_load_metric("rouge").compute(predictions=outputs, references=references))
-        if ev.bertscore_model:
-            scores = _load_metric("bertscore").compute(
+        metrics = dict(self.bleu.compute(predictions=outputs, references=references))
+        metrics.update(self.rouge.compute(predictions=outputs, references=references))
+        if self.bertscore is not None:
+            scores = self.bertscore.compute(
                 predictions=outputs, references=references, model_path=ev.bertscore_model, layer=ev.bertscore_layer
             )
             metrics["bertscore_f1"] = scores["bertscore_f1"]
