@@ -6,20 +6,18 @@ best similarities, F1 their harmonic mean. Special tokens are left out. No idf w
 baseline rescaling (scores are comparable between runs that use the same encoder and layer).
 """
 
-import datasets
 import evaluate
 import torch
 from transformers import AutoModel
 from transformers import AutoTokenizer
+from medinject.eval.metric_info import text_pair_info
 
 
 class BertScore(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Mean BERTScore precision, recall and F1 (greedy cosine matching of token states).",
-            citation="",
-            inputs_description="predictions, references: lists of str; model_path: encoder; layer: hidden layer index",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        return text_pair_info(
+            "Mean BERTScore precision, recall and F1 (greedy cosine matching of token states).",
+            "predictions, references: lists of str; model_path: encoder; layer: hidden layer index",
         )
 
     @torch.no_grad()

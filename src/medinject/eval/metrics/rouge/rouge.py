@@ -6,8 +6,8 @@ rouge_score's default tokenizer keeps only [a-z0-9] and would cut French words a
 
 import re
 
-import datasets
 import evaluate
+from medinject.eval.metric_info import text_pair_info
 from rouge_score import rouge_scorer
 
 
@@ -18,12 +18,7 @@ class UnicodeWords:
 
 class Rouge(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures (rouge_score), 0-1.",
-            citation="",
-            inputs_description="predictions: list of str, references: list of str",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info("Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures (rouge_score), 0-1.")
 
     def _compute(self, predictions, references):
         scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=UnicodeWords())
