@@ -29,7 +29,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import medinject.config as config
-    from medinject.data.sources import load_source
+    from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
     from medinject.model.load import attach_adapter, load_tokenizer_and_model
 
@@ -50,7 +50,7 @@ def main() -> None:
     model = attach_adapter(base, cfg.adapter, gradient_checkpointing=False)
     if args.device != "cpu":
         model.to(args.device)
-    test_rows = {name: load_source(src, cfg.paths, name).rows.examples() for name, src in cfg.eval.test_sets.items()}
+    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
     items = eval_items(cfg, test_rows)
     n_items = sum(len(v) for by_task in items.values() for v in by_task.values())
 

@@ -27,7 +27,7 @@ log = logging.getLogger("medinject.evaluate")
 def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from peft import PeftModel
 
-    from medinject.data.sources import load_source
+    from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
     from medinject.model.load import load_tokenizer_and_model
     from medinject.secrets import redact
@@ -47,9 +47,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     model = PeftModel.from_pretrained(base, str(adapter))
-    test_rows = {
-        name: load_source(src, cfg.paths, f"eval.test_sets.{name}").rows.examples() for name, src in cfg.eval.test_sets.items()
-    }
+    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
     started = time.perf_counter()
     metrics, predictions = Evaluator(cfg).run(model, tokenizer, eval_items(cfg, test_rows))
     write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)

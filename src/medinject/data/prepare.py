@@ -26,7 +26,7 @@ from medinject.config import conf_dir, to_container
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
 from medinject.data.rows import Example, Rows
-from medinject.data.sources import file_sha256, load_source, source_files
+from medinject.data.sources import Loaded, file_sha256, load_source, source_files
 from medinject.errors import UserError
 from medinject.io import write_json_atomic
 
@@ -79,11 +79,15 @@ def _load_all(cfg: DictConfig):
         pa.default_memory_pool().release_unused()
         files.update(loaded.files)
         log.info("source %s: %d rows%s", name, len(loaded.rows), f", {sum(loaded.skipped.values())} bad rows skipped" if loaded.skipped else "")
-    for name, src in sorted(cfg.eval.test_sets.items()):
-        loaded = load_source(src, cfg.paths, f"eval.test_sets.{name}")
+    for name, loaded in load_test_sets(cfg).items():
         tests[name] = loaded.rows
         files.update(loaded.files)
     return train, tests, files, skipped
+
+
+def load_test_sets(cfg: DictConfig) -> dict[str, Loaded]:
+    """Every test set of `eval.test_sets`, by name in name order; a bad row is always an error."""
+    return {name: load_source(src, cfg.paths, f"eval.test_sets.{name}") for name, src in sorted(cfg.eval.test_sets.items())}
 
 
 def _input_hashes(cfg: DictConfig) -> dict[str, str]:
