@@ -215,8 +215,9 @@ class Evaluator:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.letter_match = _load_metric("letter_match")
-        self.bleu, self.rouge = _load_metric("bleu"), _load_metric("rouge")
-        self.bertscore = _load_metric("bertscore") if cfg.eval.bertscore_model else None
+        open_answers = TaskType.oeq in cfg.eval.tasks
+        self.bleu, self.rouge = (_load_metric("bleu"), _load_metric("rouge")) if open_answers else (None, None)
+        self.bertscore = _load_metric("bertscore") if open_answers and cfg.eval.bertscore_model else None
         self.judge = None
         if cfg.eval.judge.backend != JudgeBackend.none and TaskType.oeq in cfg.eval.tasks:
             from medinject.eval.judge import Judge
