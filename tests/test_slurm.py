@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -35,7 +36,14 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
     array_ids = {t.split("_")[0] for t in tasks}
     assert len(array_ids) == 1 and sorted(int(t.split("_")[1]) for t in tasks) == list(range(7))
     (array_id,) = array_ids
-    rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout
-    states = dict(line.split("|") for line in rows.strip().splitlines())
+    # submitit returns once every task has written its result; SLURM may still be closing the last
+    # tasks, so wait (bounded) until accounting has a final state for all seven.
+    deadline = time.monotonic() + 120
+    while True:
+        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout
+        states = dict(line.split("|") for line in rows.strip().splitlines())
+        if not {"RUNNING", "PENDING", "COMPLETING"} & set(states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert sorted(states) == sorted(f"{array_id}_{i}" for i in range(7))
     assert set(states.values()) == {"COMPLETED"}
