@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: this version is the local CPU build; unpinned, pip pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet $(TORCH) -e '.[dev]'
+	$(PY) -m pip install --quiet $(TORCH) -e '.[dev,bench]'
 	touch $@
 
 venv: $(VENV)/.installed
