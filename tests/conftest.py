@@ -19,6 +19,10 @@ import medinject.config  # noqa: E402,F401  (registers the schema)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+# A run long enough to be interrupted between two checkpoints, short enough for CI (test_resume, test_slurm).
+RESUMABLE = ("experiment=smoke", "logger=csv", "trainer.enable_progress_bar=false", "trainer.max_steps=16",
+             "trainer.checkpoint_every_n_steps=4", "eval.limit=4", "eval.tasks=[mcqu,oeq]")
+
 
 def compose_cfg(*overrides: str, output_dir: Path | str = "/tmp/medinject-unused"):
     """The production config, composed the way train.py does, with overrides."""

@@ -151,7 +151,7 @@ def test_run_with_an_openai_compatible_judge_keeps_the_key_out_of_the_run(smoke_
             "eval.limit=3",
             "trainer.max_steps=2",
         )
-        metrics = run(cfg)
+        metrics = run(cfg)["metrics"]
     finally:
         server.shutdown()
     assert len(FakeOpenAI.seen) == 6  # three open answers per test set

@@ -11,7 +11,7 @@ from medinject.run import run
 
 def test_smoke_run_writes_complete_results_and_learns(smoke_cfg):
     cfg = smoke_cfg("data=native+synthetic", "seed=3")
-    metrics = run(cfg)
+    metrics = run(cfg)["metrics"]
     out = cfg.paths.output_dir
     results = json.loads(open(f"{out}/results.json").read())
     assert results["status"] == "completed"
@@ -53,10 +53,10 @@ def test_smoke_run_writes_complete_results_and_learns(smoke_cfg):
 
 
 def test_runs_are_reproducible_with_a_fixed_seed(smoke_cfg, tmp_path):
-    first = run(smoke_cfg("trainer.max_steps=4", "eval.limit=4"))
+    first = run(smoke_cfg("trainer.max_steps=4", "eval.limit=4"))["metrics"]
     cfg = smoke_cfg("trainer.max_steps=4", "eval.limit=4")
     cfg.paths.output_dir = str(tmp_path / "again")
-    second = run(cfg)
+    second = run(cfg)["metrics"]
     assert first["train/probe_loss_end"] == pytest.approx(second["train/probe_loss_end"], abs=1e-6)
 
 

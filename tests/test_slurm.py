@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from conftest import CONF, ROOT
+from conftest import CONF, RESUMABLE, ROOT
+
+SMALL_JOBS = ("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+              "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20")
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("SLURM_CONF"), reason="no SLURM cluster: run `bash slurm/start.sh` and export the SLURM_CONF it prints"
@@ -20,9 +23,7 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
     sweep_dir = tmp_path / "sweep"  # a fresh submitit folder per test run: job ids restart after a purge
     result = subprocess.run(
         [
-            sys.executable, "train.py", "-m", "experiment=[provenance_sweep,smoke]", "hydra/launcher=slurm",
-            "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-            "hydra.launcher.timeout_min=20", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
+            sys.executable, "train.py", "-m", "experiment=[provenance_sweep,smoke]", *SMALL_JOBS, "logger=csv", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
@@ -47,3 +48,37 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
         time.sleep(1)
     assert sorted(states) == sorted(f"{array_id}_{i}" for i in range(7))
     assert set(states.values()) == {"COMPLETED"}
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    # The reference runs outside SLURM with the job's one CPU (same threads, same float sums).
+    reference_dir = tmp_path / "reference"
+    reference = subprocess.Popen(
+        [sys.executable, "train.py", *RESUMABLE, f"hydra.run.dir={reference_dir}"], cwd=ROOT,
+        env={**os.environ, "SLURM_CPUS_PER_TASK": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    sweep_dir = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [sys.executable, "train.py", "-m", *RESUMABLE, *SMALL_JOBS, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 600
+    while not list(sweep_dir.glob("*/checkpoints/step=*.ckpt")):
+        assert sweep.poll() is None, sweep.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the job wrote no checkpoint in 600 s"
+        time.sleep(0.1)
+    (task,) = [p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)]
+    subprocess.run(["scontrol", "requeue", task], check=True, capture_output=True)
+
+    assert sweep.wait(timeout=900) == 0, sweep.stderr.read()[-3000:]
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-3000:]
+    (run_dir,) = [p.parent for p in sweep_dir.glob("*/results.json")]
+    resumed = json.loads((run_dir / "results.json").read_text())
+    expected = json.loads((reference_dir / "results.json").read_text())
+    assert resumed["status"] == expected["status"] == "completed"
+    assert 4 <= resumed["train"]["resumed_from_step"] < 16  # it continued from a checkpoint, mid-training
+    for name, value in expected["metrics"].items():
+        assert resumed["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    # SLURM's own record: the task ran twice under one id, the first attempt ending REQUEUED.
+    history = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", task, "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout
+    assert "REQUEUED" in history, history

@@ -271,6 +271,10 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 42
+    # Run control (not part of a run's identity, see medinject/identity.py):
+    sweep_name: str = "sweep"  # multirun_outputs/<sweep_name>/ and the W&B group
+    skip_completed: bool = True  # a run whose results.json says `completed` is not run again
+    dry_run: bool = False  # multirun: compose and check every job, print its plan, submit nothing
 
 
 def conf_dir() -> str:
@@ -290,7 +294,12 @@ def register() -> None:
     """Register the schema and resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("medinject.sample_data"):
         OmegaConf.register_new_resolver("medinject.sample_data", sample_data_dir)
+    from medinject.identity import register_resolver
+    from medinject.sweep import ProvenanceSweeperConf
+
+    register_resolver()
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(group="hydra/sweeper", name="medinject", node=ProvenanceSweeperConf, provider="medinject")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -8,6 +8,7 @@ themselves are in `_execute`, top to bottom.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import time
@@ -22,6 +23,7 @@ from medinject.config import LoggerKind, to_container
 from medinject.data.module import InstructionDataModule
 from medinject.data.prepare import prepare_data, write_records
 from medinject.errors import UserError
+from medinject.identity import wandb_id
 from medinject.eval.runner import eval_items, evaluate_model
 from medinject.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from medinject.model.lit import AdapterFineTuning
@@ -31,10 +33,16 @@ from medinject.secrets import redact
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Do one run and return its metrics. `results.json` in `paths.output_dir` always ends up saying how
-    the run ended: `completed` with metrics, or `failed` with the error; never `completed` for a failure."""
+def run(cfg: DictConfig) -> dict:
+    """Do one run and return its record (what `results.json` holds: status, metrics, data, model, timing).
+
+    `results.json` in `paths.output_dir` always ends up saying how the run ended: `completed` with
+    metrics, or `failed` with the error; never `completed` for a failure. A directory whose run already
+    completed is left as it is (`skip_completed`); one with checkpoints resumes from the last."""
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.skip_completed and (done := _completed_record(out_dir)):
+        log.info("%s already completed; skipped (skip_completed=false runs it again)", out_dir)
+        return {**done, "skipped": True}
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "timing": {}}
     started = time.perf_counter()
@@ -49,17 +57,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
         _finish_wandb(failed=record["status"] != "completed")
         record["timing"]["total"] = round(time.perf_counter() - started, 3)
         write_json_atomic(out_dir / "results.json", redact(record))
-    return record["metrics"]
+    return record
+
+
+def _completed_record(out_dir: Path) -> dict | None:
+    try:
+        record = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") == "completed" else None
 
 
 def exit_on_user_error(task):
-    """For the CLI: bad input ends the job with one line on stderr and exit status 2, not a traceback."""
+    """For the CLI: bad input ends the job with one line on stderr and exit status 2, not a traceback.
+    In a multirun the error is left to Hydra, which records the job as failed and runs the others."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         try:
             return task(cfg)
         except UserError as err:
+            if _in_multirun():
+                raise
             print(f"medinject: error: {err}", file=sys.stderr)
             sys.exit(2)
 
@@ -152,6 +171,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         limit_val_batches=0,
         default_root_dir=str(out_dir),
         logger=logger,
+        plugins=_cluster_plugins(),
+        use_distributed_sampler=False,  # EpochBatches shards by rank itself, and stays resumable
         callbacks=[
             L.pytorch.callbacks.ModelCheckpoint(
                 dirpath=out_dir / "checkpoints",
@@ -164,8 +185,12 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
 
     with _stage(record, "train"):
         probe = datamodule.probe_dataloader()
-        loss_start = module.mean_loss(probe)
-        trainer.fit(module, datamodule=datamodule)
+        resume = last_checkpoint(out_dir / "checkpoints")
+        loss_start = _probe_loss_start(module, probe, out_dir, resuming=resume is not None)
+        if resume:
+            log.info("resuming from %s (optimizer step %d)", resume[0], resume[1])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
+        record["train"] = {"resumed_from_step": resume[1] if resume else None}
         loss_end = module.mean_loss(probe)
         adapter_dir = out_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
@@ -190,13 +215,50 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     return metrics
 
 
-def _sweep_name() -> str | None:
+def last_checkpoint(directory: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint that loads: `last.ckpt`, else the `step=N.ckpt` files from the highest N
+    down (a job killed while writing one leaves it truncated)."""
+    import torch
+
+    if not directory.is_dir():
+        return None
+    steps = sorted(directory.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]), reverse=True)
+    for path in [directory / "last.ckpt", *steps]:
+        if not path.is_file():
+            continue
+        try:
+            step = torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+            log.warning("checkpoint %s does not load (%s); trying an older one", path, type(err).__name__)
+            continue
+        return path, step
+    return None
+
+
+def _probe_loss_start(module: AdapterFineTuning, probe, out_dir: Path, resuming: bool) -> float:
+    """The probe loss of the untrained adapter, measured once: a resumed run reads the first attempt's."""
+    path = out_dir / "probe_loss_start.json"
+    if resuming and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["probe_loss_start"]
+    loss = module.mean_loss(probe)
+    write_json_atomic(path, {"probe_loss_start": loss})
+    return loss
+
+
+def _cluster_plugins() -> list:
+    """On SLURM, submitit owns the requeue: its USR2 handler requeues a job that nears its time limit
+    or is preempted, and the requeued job resumes from its checkpoint. Lightning's own SLURM requeue
+    (a SIGUSR1 handler calling `scontrol requeue`) is switched off so the two never both act."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
-    return None
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _make_logger(cfg: DictConfig, out_dir: Path, resolved: dict):
@@ -214,7 +276,9 @@ def _make_logger(cfg: DictConfig, out_dir: Path, resolved: dict):
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         name=f"{cfg.data.name}-seed{cfg.seed}",
-        group=redact(cfg.logger.group or _sweep_name()),
+        id=wandb_id(cfg),  # from the config: a requeued or relaunched job continues its own W&B run
+        resume="allow",
+        group=redact(cfg.logger.group or (cfg.sweep_name if _in_multirun() else None)),
         job_type=cfg.data.name,
         tags=redact(tags + list(cfg.logger.tags)),
         mode=cfg.logger.mode.value,

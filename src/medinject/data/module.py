@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,10 +26,11 @@ import datasets
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from medinject.config import Batching, Overlong, to_container
 from medinject.data.prompts import IGNORE_INDEX, answer_frame, prompt_text
+from medinject.data.resumable import EpochBatches, ResumableLoader
 from medinject.data.rows import Example
 from medinject.errors import UserError
 
@@ -149,33 +149,6 @@ def collate_padding_free(features: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-class LengthGroupedBatches(Sampler[list[int]]):
-    """Shuffled batches of similar lengths: indices are shuffled, cut into groups of 50 batches,
-    sorted by length inside each group, cut into batches, and the batches shuffled again."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
-        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        span = self.group * self.batch_size
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-
 class InstructionDataModule(L.LightningDataModule):
     def __init__(self, cfg: DictConfig, tokenizer, examples: list[Example], files: dict[str, str]):
         super().__init__()
@@ -185,6 +158,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.files = files
         self.train_set: datasets.Dataset | None = None
         self.stats: dict = {}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -200,12 +174,29 @@ class InstructionDataModule(L.LightningDataModule):
         return lambda features: collate_padded(features, pad_id)
 
     def train_dataloader(self) -> DataLoader:
-        batch_size, seed = self.cfg.trainer.batch_size, self.cfg.seed
+        lengths = None
         if self.cfg.data.batching == Batching.padded and self.cfg.data.group_by_length:
             lengths = [len(ids) for ids in self.train_set["input_ids"]]
-            return DataLoader(self.train_set, batch_sampler=LengthGroupedBatches(lengths, batch_size, seed), collate_fn=self._collate())
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=self._collate())
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        batches = EpochBatches(len(self.train_set), self.cfg.trainer.batch_size, self.cfg.seed, lengths, rank=rank, world_size=world)
+        if self._resume_at is not None:
+            batches.resume_at(*self._resume_at)
+        return ResumableLoader(self.train_set, batches, self._collate(), progress=self._training_progress)
+
+    def _training_progress(self) -> tuple[int, int]:
+        """(epoch, batches trained in it) as the trainer counts them, for the loader's checkpointed state."""
+        if self.trainer is None:  # iterated outside a Trainer
+            return 0, 0
+        fit_loop = self.trainer.fit_loop
+        return fit_loop.epoch_progress.current.processed, fit_loop.epoch_loop.batch_progress.current.processed
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: where in the data the training stands (see medinject/data/resumable.py)."""
+        epoch, done = self._training_progress()
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = (state["epoch"], state["batches_done"]) if state else None
 
     def probe_dataloader(self) -> DataLoader:
         """A fixed slice of the training set, in a fixed order, for before/after loss measurements."""

@@ -60,10 +60,20 @@ class AdapterFineTuning(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["pad_seen"] = self.pad_seen
+        # Adapter dropout draws from torch's generators: a resumed run continues their streams, so
+        # it makes the same updates as a run that was never interrupted.
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.pad_seen = checkpoint.get("pad_seen", 0)
+        rng = checkpoint.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     @torch.no_grad()
     def mean_loss(self, loader) -> float:

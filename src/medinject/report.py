@@ -1,0 +1,671 @@
+"""The comparison report of a sweep: one table per test set and task, plots, one HTML page.
+
+    python -m medinject.report <sweep dir> [--baseline native] [--out DIR] [--main-metric mcqu/em]
+
+Runs are the jobs listed in `sweep_summary.json` when the sweep wrote one, else every directory below
+the sweep dir holding a `results.json`. A run's data config and seed come from its `results.json`
+(then `config.yaml`, then the sweep summary), never from its directory name. Per config and metric:
+mean over seeds and test items with a 95% CI, and the paired difference against the baseline config
+with a p-value (`medinject.stats` says how). Metrics scored per item in `predictions.jsonl` (exact
+match, Hamming, judge, answer length) are resampled over items and seeds; corpus-level ones (BLEU,
+ROUGE, BERTScore) over seeds only.
+
+Written atomically into the sweep dir (or `--out`): `summary.csv` (one row per config and metric),
+`summary.md`, one bar chart per test set and task, a heatmap of the main metric, a judge-score vs
+answer-length scatter when the predictions carry judge verdicts, and `report.html` with every table
+and plot embedded. A run that failed or left nothing shows in every table as `failed: <error>` or
+`missing`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medinject.errors import UserError
+from medinject.io import write_text_atomic
+from medinject.stats import Comparison, Estimate, bootstrap_ci, paired_difference, score_matrix
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "sweep_summary.json"
+RESULTS = "results.json"
+PREDICTIONS = "predictions.jsonl"
+COMPLETED = ("completed", "skipped")  # `skipped`: the sweep reused an earlier completed run
+NOT_COMPARED = {"n", "reference_words_mean"}  # properties of the test set, not of the model
+ITEM_FIELD = {"answer_words_mean": "answer_words"}  # run metric -> per-item field when the names differ
+MAIN_METRICS = ("mcqu/em_constrained", "mcqu/em", "mcq/hamming_constrained", "mcq/hamming", "oeq/judge", "oeq/rougeL")
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+    "th,td{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top}th{background:#eee}.scroll{overflow-x:auto}"
+    ".bad{color:#b00}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}"
+)
+CSV_FIELDS = [
+    "config", "status", "seeds", "metric", "mean", "ci_low", "ci_high", "n_seeds", "n_items",
+    "baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "matched_seeds",
+]  # fmt: skip
+
+
+@dataclass
+class Run:
+    """One job of the sweep as found on disk."""
+
+    run_dir: Path
+    config: str
+    seed: int | None
+    status: str  # completed | failed | missing
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    items: dict[tuple[str, str], list[dict]] = field(default_factory=dict)  # (test set, task) -> numeric fields per item
+
+    def label(self) -> str:
+        if self.status == "completed":
+            return "completed"
+        return f"failed: {self.error or 'no error recorded'}" if self.status == "failed" else "missing"
+
+
+@dataclass
+class Cell:
+    estimate: Estimate
+    comparison: Comparison | None  # None for the baseline itself, or when the baseline has no run
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise UserError(f"{path}: not valid JSON{where}") from None
+
+
+def _read_items(path: Path) -> dict[tuple[str, str], list[dict]]:
+    """Per (test set, task): each item's id and numeric fields; None stays None (an unreadable verdict)."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing (a completed run writes one line per evaluated item)")
+    items: dict[tuple[str, str], list[dict]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read: {err}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{number}: not valid JSON") from None
+        if not isinstance(record, dict) or any(key not in record for key in ("test_set", "task", "id")):
+            raise UserError(f"{path}:{number}: a prediction needs 'test_set', 'task' and 'id'")
+        numeric = {k: v for k, v in record.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        items.setdefault((record["test_set"], record["task"]), []).append({**numeric, "id": str(record["id"])})
+    return items
+
+
+def _identity_from_config(run_dir: Path) -> tuple[str | None, int | None]:
+    """(data config, seed) from the resolved config a run wrote, if any."""
+    import yaml
+
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(cfg, dict):
+            data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+            return data.get("name"), cfg.get("seed")
+    return None, None
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _load_run(run_dir: Path, job: dict | None = None) -> Run:
+    """A run from its directory (`job`: its entry in the sweep summary, if any)."""
+    job = job or {}
+    path = run_dir / RESULTS
+    if not path.is_file():
+        status = "failed" if job.get("status") == "failed" else "missing"
+        return Run(run_dir, job.get("data") or "unknown", job.get("seed"), status, job.get("error"))
+    results = _read_json(path)
+    if not isinstance(results, dict) or "status" not in results:
+        raise UserError(f"{path}: not a medinject results file (no 'status')")
+    data = results.get("data") if isinstance(results.get("data"), dict) else {}
+    config, seed = data.get("config"), data.get("seed")
+    if config is None or seed is None:  # it failed before its data stage: the config it was given says
+        written = _identity_from_config(run_dir)
+        config, seed = _first(config, written[0], job.get("data"), "unknown"), _first(seed, written[1], job.get("seed"))
+    if results["status"] != "completed":
+        error = results.get("error") or job.get("error") or f"status {results['status']!r}"
+        return Run(run_dir, config, seed, "failed", error)
+    metrics = results.get("metrics")
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: a completed run needs a 'metrics' object")
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS))
+
+
+def _job_dir(sweep_dir: Path, job: dict) -> Path:
+    """The job's run dir; when the sweep was moved, the same name under the sweep dir."""
+    recorded = Path(job.get("run_dir") or "")
+    if recorded.is_dir() or not recorded.name:
+        return recorded
+    moved = sweep_dir / recorded.name
+    return moved if moved.is_dir() else recorded
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """Every run of the sweep, failed and missing ones included."""
+    summary_path = sweep_dir / SUMMARY
+    if summary_path.is_file():
+        summary = _read_json(summary_path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("jobs"), list):
+            raise UserError(f"{summary_path}: no 'jobs' list")
+        log.info("report: %d jobs listed in %s", len(summary["jobs"]), summary_path)
+        runs = [_load_run(_job_dir(sweep_dir, job), job) for job in summary["jobs"]]
+    else:
+        found = sorted(p.parent for p in sweep_dir.rglob(RESULTS))
+        log.info("report: no %s; %d run directories with %s found under %s", SUMMARY, len(found), RESULTS, sweep_dir)
+        runs = [_load_run(run_dir) for run_dir in found]
+    if not runs:
+        raise UserError(f"{sweep_dir}: no run found (no {SUMMARY} and no {RESULTS} below it)")
+    return _drop_duplicates(runs)
+
+
+def _drop_duplicates(runs: list[Run]) -> list[Run]:
+    """One completed run per (config, seed): the newest; an earlier one would weigh its seed twice."""
+    newest: dict[tuple[str, int | None], Run] = {}
+    for run in runs:
+        if run.status != "completed" or run.seed is None:
+            continue
+        key = (run.config, run.seed)
+        if key in newest:
+            older, newer = sorted((newest[key], run), key=lambda r: (r.run_dir / RESULTS).stat().st_mtime)
+            log.warning("report: %s seed %s completed twice; using %s, not %s", run.config, run.seed, newer.run_dir, older.run_dir)
+            newest[key] = newer
+        else:
+            newest[key] = run
+    keep = {id(run) for run in newest.values()}
+    return [run for run in runs if run.status != "completed" or run.seed is None or id(run) in keep]
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+
+def config_order(configs: set[str]) -> list[str]:
+    """Single sources first, then pairs, then the three together (the order of conf/data/ in the paper)."""
+    return sorted(configs, key=lambda name: (len(name.split("+")), name.split("+")))
+
+
+def metric_names(runs: list[Run]) -> list[str]:
+    """Every eval metric `eval/<test set>/<task>/<metric>` of the completed runs, first-seen order."""
+    names: dict[str, None] = {}
+    for run in runs:
+        for name in run.metrics:
+            parts = name.split("/")
+            if len(parts) == 4 and parts[0] == "eval" and parts[3] not in NOT_COMPARED:
+                names[name] = None
+    return list(names)
+
+
+def by_task(metrics: list[str]) -> dict[tuple[str, str], list[str]]:
+    """Metric names grouped by (test set, task), in order."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for metric in metrics:
+        _, test_set, task, _ = metric.split("/")
+        groups.setdefault((test_set, task), []).append(metric)
+    return groups
+
+
+def _item_field(name: str, runs: list[Run]) -> str | None:
+    """The per-item field behind a metric when every completed run's predictions carry it, else None."""
+    _, test_set, task, metric = name.split("/")
+    key = ITEM_FIELD.get(metric, metric)
+    for run in runs:
+        records = run.items.get((test_set, task))
+        if not records or any(key not in record for record in records):
+            return None
+    return key
+
+
+def score_table(name: str, runs: list[Run]) -> dict[int, dict[object, float]]:
+    """{seed: {item: score}} of one config's completed runs for one metric (item `run` if corpus-level)."""
+    _, test_set, task, _ = name.split("/")
+    key = _item_field(name, runs)
+    table: dict[int, dict[object, float]] = {}
+    for run in runs:
+        seed = run.seed if run.seed is not None else -1 - zlib.crc32(str(run.run_dir).encode())  # pairs with nothing
+        if key is None:
+            if name in run.metrics:
+                table[seed] = {"run": run.metrics[name]}
+            continue
+        scores: dict[object, float] = {}
+        seen: dict[str, int] = {}
+        for record in run.items[(test_set, task)]:
+            seen[record["id"]] = seen.get(record["id"], 0) + 1
+            value = record[key]
+            scores[(record["id"], seen[record["id"]])] = math.nan if value is None else float(value)
+        table[seed] = scores
+        reported = run.metrics.get(name)
+        observed = [v for v in scores.values() if not math.isnan(v)]
+        if reported is not None and observed and not math.isclose(np.mean(observed), reported, rel_tol=1e-6, abs_tol=1e-9):
+            log.warning("report: %s in %s is %.6g but its items average %.6g", name, run.run_dir, reported, np.mean(observed))
+    return table
+
+
+def compute_cells(
+    runs: list[Run], configs: list[str], metrics: list[str], baseline: str | None, n_resamples: int, seed: int
+) -> dict[tuple[str, str], Cell]:
+    """Estimate (and comparison with the baseline) per (config, metric) over the completed runs."""
+    completed = {c: [r for r in runs if r.config == c and r.status == "completed"] for c in configs}
+    cells: dict[tuple[str, str], Cell] = {}
+    for metric in metrics:
+        tables = {c: score_table(metric, completed[c]) for c in configs if completed[c]}
+        for config, table in tables.items():
+            _, _, matrix = score_matrix(table)
+            estimate = bootstrap_ci(matrix, n_resamples=n_resamples, seed=seed)
+            comparison = None
+            if config != baseline and baseline in tables:
+                comparison = paired_difference(table, tables[baseline], n_resamples=n_resamples, seed=seed)
+            cells[config, metric] = Cell(estimate, comparison)
+    return cells
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.4g}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def config_status(config: str, runs: list[Run]) -> str:
+    """`completed`, or what went wrong with each bad run (`failed: <error>`, `missing`)."""
+    mine = [r for r in runs if r.config == config]
+    bad = [r for r in mine if r.status != "completed"]
+    if not bad:
+        return "completed"
+    done = len(mine) - len(bad)
+    parts = [f"completed {done}/{len(mine)}"] if done else []
+    for run in bad:
+        parts.append(run.label() + (f" (seed {run.seed})" if len(mine) > 1 and run.seed is not None else ""))
+    return "; ".join(parts)
+
+
+def _seeds(config: str, runs: list[Run]) -> list[int]:
+    return sorted(r.seed for r in runs if r.config == config and r.status == "completed" and r.seed is not None)
+
+
+def build_tables(runs: list[Run], configs: list[str], metrics: list[str], cells: dict, baseline: str | None) -> list[Table]:
+    """The runs table, then one table per test set and task: a row per config, every config listed."""
+    tables = [
+        Table(
+            "Runs",
+            ["config", "seed", "status", "run dir"],
+            [[r.config, "" if r.seed is None else str(r.seed), r.label(), str(r.run_dir)] for r in sorted(runs, key=_run_order(configs))],
+        )
+    ]
+    for (test_set, task), names in by_task(metrics).items():
+        header = ["config", "status", "seeds"]
+        for name in names:
+            short = name.split("/")[-1]
+            header += [short, f"Δ {short} (p)"] if baseline else [short]
+        rows = []
+        for config in configs:
+            row = [config, config_status(config, runs), str(len(_seeds(config, runs)))]
+            for name in names:
+                cell = cells.get((config, name))
+                row.append(_estimate_text(cell.estimate) if cell else "—")
+                if baseline:
+                    row.append(_comparison_text(cell.comparison) if cell and cell.comparison else "—")
+            rows.append(row)
+        tables.append(Table(f"{test_set} / {task}", header, rows))
+    return tables
+
+
+def _run_order(configs: list[str]):
+    return lambda r: (configs.index(r.config) if r.config in configs else len(configs), r.seed if r.seed is not None else -1, str(r.run_dir))
+
+
+def _estimate_text(e: Estimate) -> str:
+    return f"{_num(e.mean)} [{_num(e.low)}, {_num(e.high)}]"
+
+
+def _comparison_text(c: Comparison) -> str:
+    sign = "+" if c.diff > 0 else ""
+    return f"{sign}{_num(c.diff)} [{_num(c.low)}, {_num(c.high)}] p={_p(c.p_value)}"
+
+
+def _csv_num(x: float) -> str:
+    return format(x, ".10g") if math.isfinite(x) else ""
+
+
+def summary_csv(runs: list[Run], configs: list[str], metrics: list[str], cells: dict, baseline: str | None) -> str:
+    """One row per (config, metric); a config without a completed run gets one row with its status."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for config in configs:
+        base = {
+            "config": config,
+            "status": config_status(config, runs),
+            "seeds": " ".join(map(str, _seeds(config, runs))),
+            "baseline": baseline or "",
+        }
+        rows = [(metric, cells[config, metric]) for metric in metrics if (config, metric) in cells]
+        if not rows:
+            writer.writerow(base)
+        for metric, cell in rows:
+            e, c = cell.estimate, cell.comparison
+            writer.writerow(
+                {
+                    **base,
+                    "metric": metric,
+                    "mean": _csv_num(e.mean),
+                    "ci_low": _csv_num(e.low),
+                    "ci_high": _csv_num(e.high),
+                    "n_seeds": e.n_seeds,
+                    "n_items": e.n_items,
+                    "diff": _csv_num(c.diff) if c else "",
+                    "diff_ci_low": _csv_num(c.low) if c else "",
+                    "diff_ci_high": _csv_num(c.high) if c else "",
+                    "p_value": _csv_num(c.p_value) if c else "",
+                    "matched_seeds": c.n_seeds if c else "",
+                }
+            )
+    return buffer.getvalue()
+
+
+def _md_cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def summary_markdown(title: str, notes: list[str], tables: list[Table], plots: list[Path]) -> str:
+    lines = [f"# {title}", ""] + [f"- {note}" for note in notes] + [""]
+    for table in tables:
+        lines += [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.header)) + " |", "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _is_bad(cell: str) -> bool:
+    return cell.startswith(("failed", "missing")) or "; failed" in cell or "; missing" in cell
+
+
+def report_html(title: str, notes: list[str], tables: list[Table], plots: list[Path]) -> str:
+    """One self-contained page: styles inline, plots as base64 data URIs, no external resource."""
+    esc = html.escape
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{STYLE}</style>",
+        "</head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<ul>" + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>",
+    ]
+    for table in tables:
+        parts.append(
+            f'<h2>{esc(table.title)}</h2><div class="scroll"><table><thead><tr>'
+            + "".join(f"<th>{esc(h)}</th>" for h in table.header)
+            + "</tr></thead><tbody>"
+        )
+        for row in table.rows:
+            cells = "".join(f'<td class="bad">{esc(c)}</td>' if _is_bad(c) else f"<td>{esc(c)}</td>" for c in row)
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</tbody></table></div>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+    for plot in plots:
+        data = base64.b64encode(plot.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(plot.stem)}"><figcaption>{esc(plot.name)}</figcaption></figure>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Binary twin of medinject.io.write_text_atomic (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _write_bytes_atomic(path, buffer.getvalue())
+    log.info("report: wrote %s", path)
+    return path
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
+
+
+def plot_bars(out: Path, title: str, names: list[str], configs: list[str], cells: dict, runs: list[Run], baseline: str | None) -> Path:
+    """One panel per metric: a bar per config (fixed order) at its mean, error bars at the 95% CI."""
+    from matplotlib.figure import Figure
+
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(0.55 * len(configs) * ncols + 1.5, 3.4 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    x = np.arange(len(configs))
+    for ax, name in zip(axes.flat, names):
+        found = [cells.get((c, name)) for c in configs]
+        means = np.array([cell.estimate.mean if cell else np.nan for cell in found])
+        low = np.array([cell.estimate.low if cell else np.nan for cell in found])
+        high = np.array([cell.estimate.high if cell else np.nan for cell in found])
+        errors = np.clip(np.nan_to_num(np.vstack([means - low, high - means])), 0, None)
+        colors = ["tab:gray" if c == baseline else "tab:blue" for c in configs]
+        ax.bar(x, np.nan_to_num(means), yerr=errors, color=colors, capsize=3, ecolor="black", linewidth=0)
+        for i, (config, cell) in enumerate(zip(configs, found)):
+            if cell is None:
+                ax.text(i, 0, config_status(config, runs).split(":")[0], rotation=90, ha="center", va="bottom", fontsize=7, color="tab:red")
+        ax.set_title(name.split("/")[-1], fontsize=10)
+        ax.set_xticks(x, configs, rotation=40, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}: mean over seeds and items, 95% CI" + (f" (gray: baseline {baseline})" if baseline else ""), fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_heatmap(out: Path, main: str, test_sets: list[str], configs: list[str], cells: dict, runs: list[Run]) -> Path:
+    """Configs x test sets, the main metric's mean in each cell; a config without data says why."""
+    from matplotlib.figure import Figure
+
+    task, metric = main.split("/")
+    found = {(c, t): cells.get((c, f"eval/{t}/{task}/{metric}")) for c in configs for t in test_sets}
+    values = np.array([[found[c, t].estimate.mean if found[c, t] else np.nan for t in test_sets] for c in configs])
+    fig = Figure(figsize=(1.6 * len(test_sets) + 3.5, 0.45 * len(configs) + 1.8))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    for i, config in enumerate(configs):
+        for j in range(len(test_sets)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, _num(values[i, j]), ha="center", va="center", fontsize=8, color="black" if image.norm(values[i, j]) > 0.6 else "white")
+            else:
+                ax.text(j, i, config_status(config, runs).split(":")[0], ha="center", va="center", fontsize=8, color="tab:red")
+    ax.set_xticks(range(len(test_sets)), test_sets)
+    ax.set_yticks(range(len(configs)), configs, fontsize=8)
+    ax.set_title(f"{main} by test set (mean over seeds and items)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def judge_points(runs: list[Run]) -> list[tuple[str, str, float, float]]:
+    """(config, test set, mean answer words, judge score) per completed run and test set with verdicts."""
+    points = []
+    for run in runs:
+        for (test_set, task), records in run.items.items():
+            verdicts = [r["judge"] for r in records if r.get("judge") is not None]
+            lengths = [r["answer_words"] for r in records if r.get("answer_words") is not None]
+            if task == "oeq" and verdicts and lengths:
+                points.append((run.config, test_set, float(np.mean(lengths)), float(np.mean(verdicts))))
+    return points
+
+
+def plot_judge_vs_length(out: Path, points: list[tuple[str, str, float, float]], configs: list[str]) -> Path:
+    """A point per run and test set: does the judge reward long answers?"""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    test_sets = sorted({p[1] for p in points})
+    markers = "osD^v<>P*X"
+    for k, config in enumerate(configs):
+        for j, test_set in enumerate(test_sets):
+            xs = [p[2] for p in points if p[0] == config and p[1] == test_set]
+            ys = [p[3] for p in points if p[0] == config and p[1] == test_set]
+            if xs:
+                ax.scatter(xs, ys, color=f"C{k % 10}", marker=markers[j % len(markers)], label=f"{config} · {test_set}", alpha=0.8)
+    ax.set_xlabel("mean answer length (words)")
+    ax.set_ylabel("judge score")
+    ax.set_title("Judge score vs answer length (one point per run and test set)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------------------- entry
+
+
+def build_report(
+    sweep_dir: Path | str,
+    baseline: str | None = "native",
+    out_dir: Path | str | None = None,
+    main_metric: str | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """Write the sweep's summary tables, plots and `report.html`; return the path of `report.html`.
+    `baseline=None` leaves the comparison columns out (e.g. a sweep of one config over seeds)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: not a directory")
+    out = Path(out_dir).resolve() if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(sweep_dir)
+    configs = config_order({r.config for r in runs})
+    if baseline is not None and baseline not in configs:
+        raise UserError(f"--baseline {baseline}: no run of that data config in {sweep_dir} (found: {', '.join(configs)})")
+    counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "missing")}
+    log.info("report: %d runs of %d configs (%s)", len(runs), len(configs), ", ".join(f"{n} {s}" for s, n in counts.items()))
+    metrics = metric_names(runs)
+    log.info("report: %d metrics; bootstrap with %d replicates", len(metrics), n_resamples)
+    cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
+
+    notes = [
+        f"sweep: {sweep_dir}",
+        f"runs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); baseline: {baseline or 'none'}",
+        (
+            "cells: mean over seeds and test items [95% CI], two-level bootstrap (seeds, then items) "
+            f"with {n_resamples} replicates; corpus-level metrics (BLEU, ROUGE, BERTScore, medians) over seeds only"
+        ),
+    ]
+    if baseline:
+        notes.append(
+            f"Δ: config − {baseline} on the same items (and seeds where both have them), 95% CI, "
+            "two-sided sign-flip permutation p-value (unit: item; seed for corpus-level metrics)"
+        )
+    if baseline and not any(r.config == baseline and r.status == "completed" for r in runs):
+        notes.append(f"no comparison: the baseline {baseline} has no completed run")
+
+    plots: list[Path] = []
+    for (test_set, task), names in by_task(metrics).items():
+        plots.append(plot_bars(out / f"bars_{_slug(test_set)}_{_slug(task)}.png", f"{test_set} / {task}", names, configs, cells, runs, baseline))
+    main = main_metric or next((m for m in MAIN_METRICS if any(name.endswith(f"/{m}") for name in metrics)), None)
+    test_sets = list(dict.fromkeys(metric.split("/")[1] for metric in metrics))
+    if main and any(name.endswith(f"/{main}") for name in metrics):
+        plots.append(plot_heatmap(out / "heatmap.png", main, test_sets, configs, cells, runs))
+    else:
+        notes.append(f"heatmap skipped: no metric {main_metric or ' or '.join(MAIN_METRICS)} in the runs")
+    points = judge_points([r for r in runs if r.status == "completed"])
+    if points:
+        plots.append(plot_judge_vs_length(out / "judge_vs_length.png", points, configs))
+    else:
+        notes.append("judge score vs answer length: skipped, no judge verdicts in the predictions (run with eval=judge)")
+    if not metrics:
+        notes.append("no evaluation metric: no run completed")
+
+    tables = build_tables(runs, configs, metrics, cells, baseline)
+    title = f"medinject sweep report: {sweep_dir.name}"
+    write_text_atomic(out / "summary.csv", summary_csv(runs, configs, metrics, cells, baseline))
+    write_text_atomic(out / "summary.md", summary_markdown(title, notes, tables, plots))
+    page = out / "report.html"
+    write_text_atomic(page, report_html(title, notes, tables, plots))
+    log.info("report: wrote %s, %s and %s", out / "summary.csv", out / "summary.md", page)
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m medinject.report", description="Tables, plots and an HTML page comparing a sweep's data configs."
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (with sweep_summary.json, or run directories below it)")
+    parser.add_argument("--baseline", default="native", help="data config the others are compared with (default: native)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
+    parser.add_argument("--main-metric", default=None, help=f"<task>/<metric> of the heatmap (default: first found of {', '.join(MAIN_METRICS)})")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates (default: 2000)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        page = build_report(args.sweep_dir, args.baseline, args.out, args.main_metric, args.resamples)
+    except UserError as err:
+        print(f"medinject: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(page)
+
+
+if __name__ == "__main__":
+    main()

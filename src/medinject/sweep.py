@@ -1,0 +1,156 @@
+"""The sweeper behind `python train.py -m ...`: every job runs, and the sweep says how each one ended.
+
+Hydra's basic sweeper stops at the first failed job and leaves no record of the others. This one
+expands the same overrides the same way, hands every batch to the configured launcher (local,
+submitit local or SLURM), and then, whatever happened:
+
+* writes `sweep_summary.json` in the sweep dir: every job, its overrides, run directory and status
+  (`completed`, `skipped` when an earlier completed run was reused, `failed` with the error, or
+  `missing` when the job left no result at all, e.g. a node that died);
+* builds the comparison report (`medinject.report`) from the runs that completed;
+* fails the command (non-zero exit) when any job did not complete.
+
+With `dry_run=true` it launches nothing: `medinject.plan` prints what each job would do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+
+from medinject.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "sweep_summary.json"
+
+
+@dataclass
+class ProvenanceSweeperConf:
+    _target_: str = "hydra_plugins.medinject_sweeper.ProvenanceSweeper"
+    max_batch_size: Optional[int] = None  # jobs handed to the launcher at once (None: all)
+    params: Optional[dict[str, str]] = None  # parameter -> values, as for Hydra's basic sweeper
+
+
+class SweepFailed(Exception):
+    pass
+
+
+class SweeperWithSummary(BasicSweeper):
+    # Hydra's plugin scan re-executes basic_sweeper.py, after which BasicSweeper.__init__'s
+    # `super(BasicSweeper, self)` names a different class than the one subclassed here; so the
+    # attributes it sets are set here instead.
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict[str, str]] = None):
+        self.overrides = None
+        self.batch_index = 0
+        self.max_batch_size = max_batch_size
+        self.params = params or {}
+        self.hydra_context = None
+        self.config = None
+        self.launcher = None
+
+    def sweep(self, arguments: list[str]) -> Any:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        if self.config.dry_run:
+            from medinject.plan import print_plans
+
+            print_plans([self._job_config(job) for batch in self.overrides for job in batch])
+            return []
+
+        jobs: list[dict] = []
+        returns: list[Sequence[JobReturn]] = []
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            launch_error = None
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=len(jobs))
+            except Exception as err:  # e.g. submitit: a job ended without writing its result
+                log.error("the launcher failed: %s", err)
+                results, launch_error = [None] * len(batch), err
+            returns.append([r for r in results if r is not None])
+            jobs += [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
+
+        summary = write_summary(sweep_dir, jobs)
+        _build_report(sweep_dir)
+        bad = [job for job in jobs if job["status"] in ("failed", "missing")]
+        if bad:
+            names = ", ".join(f"{' '.join(job['overrides'])} ({job['status']})" for job in bad)
+            raise SweepFailed(f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
+        return returns
+
+    def _job_config(self, overrides: Sequence[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def _job_entry(self, num: int, overrides: Sequence[str], result: JobReturn | None, launch_error: Exception | None) -> dict:
+        cfg = self._job_config(overrides)
+        run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        entry = {"num": num, "overrides": list(overrides), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed}
+        if result is not None and result.status == JobStatus.FAILED:
+            err = result._return_value
+            return {**entry, "status": "failed", "error": _one_line(err)}
+        if result is not None and result.status == JobStatus.COMPLETED:
+            record = result.return_value if isinstance(result.return_value, dict) else {}
+            return {**entry, "status": "skipped" if record.get("skipped") else "completed", "error": None}
+        # No word from the job itself: what it left on disk is all there is.
+        stored = _read_results(run_dir / "results.json")
+        if stored.get("status") == "completed":
+            return {**entry, "status": "completed", "error": None}
+        if stored.get("status") == "failed":
+            return {**entry, "status": "failed", "error": stored.get("error")}
+        why = _one_line(launch_error) if launch_error else "the job left no results.json"
+        return {**entry, "status": "missing", "error": why}
+
+
+def write_summary(sweep_dir: Path, jobs: list[dict]) -> dict:
+    counts = {status: sum(job["status"] == status for job in jobs) for status in ("completed", "skipped", "failed", "missing")}
+    ok = counts["failed"] == counts["missing"] == 0
+    summary = {
+        "sweep_dir": str(Path(sweep_dir).resolve()),
+        "status": "completed" if ok else "failed",
+        "n_jobs": len(jobs),
+        "counts": counts,
+        "jobs": jobs,
+    }
+    write_json_atomic(Path(sweep_dir) / SUMMARY, summary)
+    log.info("sweep: %s -> %s", ", ".join(f"{n} {s}" for s, n in counts.items() if n), Path(sweep_dir) / SUMMARY)
+    return summary
+
+
+def _build_report(sweep_dir: Path) -> None:
+    """The report is a reading of the results; a problem building it must not hide the sweep's outcome."""
+    try:
+        from medinject.report import build_report
+
+        path = build_report(sweep_dir)
+        log.info("report: %s", path)
+    except Exception as err:  # noqa: BLE001 - reported, and the runs' own results stay valid
+        log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", _one_line(err), sweep_dir)
+
+
+def _read_results(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _one_line(err: BaseException | None) -> str:
+    if err is None:
+        return ""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
