@@ -69,7 +69,7 @@ def test_the_run_directory_is_named_after_the_config_not_the_clock(tmp_path):
     (run_dir,) = outputs.iterdir()
     assert run_dir.name.startswith("native-s42-")
     again = _train(*RESUMABLE, "trainer.max_steps=1", "eval.limit=1", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
-    assert again.returncode == 0 and "already completed; skipped" in again.stderr
+    assert again.returncode == 0 and "already completed; skipped" in again.stdout + again.stderr
     other = _train(*RESUMABLE, "trainer.max_steps=1", "eval.limit=1", "optim.lr=1e-3", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
     assert other.returncode == 0, other.stderr[-3000:]
     assert len(list(outputs.iterdir())) == 2  # another learning rate is another run
@@ -89,7 +89,7 @@ def broken_config_dir(tmp_path_factory) -> Path:
 
 def test_one_failing_config_does_not_stop_the_sweep_and_a_rerun_trains_nothing(tmp_path, broken_config_dir):
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "experiment=[provenance_sweep,smoke]", f"--config-dir={broken_config_dir}", "logger=csv",
+    args = [f"--config-dir={broken_config_dir}", "-m", "experiment=[provenance_sweep,smoke]", "logger=csv",
             "trainer.enable_progress_bar=false", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]",
             f"hydra.sweep.dir={sweep_dir}"]
     first = _train(*args)

@@ -248,14 +248,20 @@ class LoggerConfig:
     project: str = "medinject"
     entity: Optional[str] = None
     mode: WandbMode = WandbMode.offline
-    group: Optional[str] = None  # None: the sweep's directory name in a multirun, no group otherwise
+    group: Optional[str] = None  # None: `sweep_name` in a multirun, no group otherwise
     tags: list[str] = field(default_factory=list)
+    log_predictions: bool = True  # W&B: every evaluated item as a table (uploaded by `wandb sync` when offline)
 
 
 @dataclass
 class PromptConfig:
     system: str = MISSING
     task_hints: dict[str, str] = field(default_factory=dict)  # appended to the user turn, per task type
+
+
+@dataclass
+class ReportConfig:
+    baseline: Optional[str] = "native"  # the data config every other one is compared with (paired, per item)
 
 
 @dataclass
@@ -275,6 +281,7 @@ class RunConfig:
     sweep_name: str = "sweep"  # multirun_outputs/<sweep_name>/ and the W&B group
     skip_completed: bool = True  # a run whose results.json says `completed` is not run again
     dry_run: bool = False  # multirun: compose and check every job, print its plan, submit nothing
+    report: ReportConfig = field(default_factory=ReportConfig)  # the report built when a multirun ends
 
 
 def conf_dir() -> str:

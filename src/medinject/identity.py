@@ -19,7 +19,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-RUN_CONTROL = ("hydra", "logger", "skip_completed", "dry_run", "sweep_name", "plan")
+RUN_CONTROL = ("hydra", "logger", "skip_completed", "dry_run", "sweep_name", "plan", "report")
 KEY_LENGTH = 10
 
 

@@ -211,6 +211,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     }
     if logger:
         logger.log_metrics(metrics, step=trainer.global_step)
+        _log_predictions(cfg, logger, predictions)
         logger.save()
     return metrics
 
@@ -283,8 +284,30 @@ def _make_logger(cfg: DictConfig, out_dir: Path, resolved: dict):
         tags=redact(tags + list(cfg.logger.tags)),
         mode=cfg.logger.mode.value,
         save_dir=str(out_dir),
-        config=resolved,
+        config=flatten(resolved),  # `data.name`, `optim.lr`, ...: columns to filter and group by in W&B
     )
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b.c": value}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+PREDICTION_COLUMNS = ("test_set", "task", "id", "question", "reference", "output", "prediction", "prediction_constrained",
+                      "em", "em_constrained", "hamming", "hamming_constrained", "judge")
+
+
+def _log_predictions(cfg: DictConfig, logger, predictions: list[dict]) -> None:
+    if cfg.logger.kind != LoggerKind.wandb or not cfg.logger.log_predictions or not predictions:
+        return
+    rows = [[p.get(column) for column in PREDICTION_COLUMNS] for p in predictions]
+    logger.log_table(key="eval/predictions", columns=list(PREDICTION_COLUMNS), data=rows)
 
 
 def _finish_wandb(failed: bool) -> None:

@@ -86,7 +86,8 @@ class SweeperWithSummary(BasicSweeper):
             jobs += [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
 
         summary = write_summary(sweep_dir, jobs)
-        _build_report(sweep_dir)
+        baseline = self.config.report.baseline
+        _build_report(sweep_dir, baseline if any(job["data"] == baseline for job in jobs) else None)
         bad = [job for job in jobs if job["status"] in ("failed", "missing")]
         if bad:
             names = ", ".join(f"{' '.join(job['overrides'])} ({job['status']})" for job in bad)
@@ -131,15 +132,21 @@ def write_summary(sweep_dir: Path, jobs: list[dict]) -> dict:
     return summary
 
 
-def _build_report(sweep_dir: Path) -> None:
-    """The report is a reading of the results; a problem building it must not hide the sweep's outcome."""
-    try:
-        from medinject.report import build_report
+def _build_report(sweep_dir: Path, baseline: str | None) -> None:
+    """The report and the W&B dashboard specification are readings of the results; a problem building
+    them must not hide the sweep's outcome."""
+    from medinject.dashboard import SPEC, build_spec
+    from medinject.report import build_report
 
-        path = build_report(sweep_dir)
-        log.info("report: %s", path)
+    try:
+        log.info("report: %s", build_report(sweep_dir, baseline=baseline))
     except Exception as err:  # noqa: BLE001 - reported, and the runs' own results stay valid
         log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", _one_line(err), sweep_dir)
+    try:
+        write_json_atomic(sweep_dir / SPEC, build_spec(sweep_dir))
+        log.info("W&B dashboard specification: %s (publish: python -m medinject.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
+    except Exception as err:  # noqa: BLE001
+        log.warning("the dashboard specification could not be built: %s", _one_line(err))
 
 
 def _read_results(path: Path) -> dict:

@@ -1,0 +1,143 @@
+"""The sweep's W&B dashboard: `python -m medinject.dashboard <sweep dir> [--publish]`.
+
+One W&B report per sweep, built with `wandb-workspaces`: a run set filtered on the sweep's W&B group
+and grouped by `job_type` (the data config), one bar chart per reported metric (mean over seeds with
+standard-error bars, one bar per configuration), and a run comparer.
+
+W&B reports are objects on the server, so building one needs a login. Without `--publish` (and on
+compute nodes that are offline) the command writes the report's specification to
+`<sweep dir>/dashboard.json`; after `wandb sync` has uploaded the runs, the same command with
+`--publish` turns that specification into the report and prints its URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from medinject.errors import UserError
+from medinject.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SPEC = "dashboard.json"
+SPEC_VERSION = 1
+SKIPPED_SUFFIXES = ("/n", "/n_unparsable")  # counts, not scores
+
+
+def build_spec(sweep_dir: Path) -> dict:
+    """The dashboard of a finished sweep, as plain data: runs' project and group, and the panels."""
+    sweep_dir = Path(sweep_dir)
+    runs = _completed_runs(sweep_dir)
+    if not runs:
+        raise UserError(f"{sweep_dir}: no completed run to build a dashboard from (sweep_summary.json or */results.json)")
+    metrics: set[str] = set()
+    for results, _ in runs:
+        metrics.update(k for k in results.get("metrics", {}) if k.startswith("eval/") and not k.endswith(SKIPPED_SUFFIXES))
+    metrics.add("train/probe_loss_end")
+    logger_cfg = runs[0][1].get("logger", {})
+    group = logger_cfg.get("group") or runs[0][1].get("sweep_name") or sweep_dir.name
+    return {
+        "version": SPEC_VERSION,
+        "title": f"medinject: {group}",
+        "entity": logger_cfg.get("entity"),
+        "project": logger_cfg.get("project", "medinject"),
+        "group": group,
+        "filter": f"Group == '{group}'",
+        "groupby": "job_type",
+        "configs": sorted({cfg["data"]["name"] for _, cfg in runs}),
+        "panels": [
+            *({"type": "bar", "metric": m, "aggregate": "mean", "range": "stderr"} for m in sorted(metrics)),
+            {"type": "run_comparer", "diff_only": "split"},
+        ],
+    }
+
+
+def to_report(spec: dict, entity: str | None = None):
+    """The `wandb_workspaces` report of a specification (constructed offline; `.save()` publishes)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    entity = entity or spec.get("entity") or ""
+    runset = wr.Runset(entity=entity, project=spec["project"], name=spec["group"], filters=spec["filter"], groupby=[spec["groupby"]])
+    panels = []
+    for panel in spec["panels"]:
+        if panel["type"] == "bar":
+            panels.append(
+                wr.BarPlot(
+                    title=panel["metric"],
+                    metrics=[panel["metric"]],
+                    groupby=spec["groupby"],
+                    groupby_aggfunc=panel["aggregate"],
+                    groupby_rangefunc=panel["range"],
+                )
+            )
+        elif panel["type"] == "run_comparer":
+            panels.append(wr.RunComparer(diff_only=panel["diff_only"]))
+        else:
+            raise UserError(f"dashboard spec: unknown panel type {panel['type']!r}")
+    blocks = [
+        wr.H1(spec["title"]),
+        wr.P(f"The provenance configurations of W&B group '{spec['group']}', one bar per data config (mean over seeds, standard error)."),
+        wr.PanelGrid(runsets=[runset], panels=panels),
+    ]
+    return wr.Report(project=spec["project"], entity=entity, title=spec["title"], blocks=blocks, width="fluid")
+
+
+def _completed_runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
+    """(results.json, config.yaml) of every completed run of the sweep."""
+    summary_path = sweep_dir / "sweep_summary.json"
+    if summary_path.is_file():
+        summary = _read_json(summary_path)
+        run_dirs = [Path(job["run_dir"]) for job in summary.get("jobs", []) if job.get("status") in ("completed", "skipped")]
+    else:
+        run_dirs = sorted(p.parent for p in sweep_dir.glob("*/results.json"))
+    runs = []
+    for run_dir in run_dirs:
+        results = _read_json(run_dir / "results.json")
+        if results.get("status") != "completed":
+            continue
+        try:
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({type(err).__name__})") from err
+        runs.append((results, cfg))
+    return runs
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable JSON ({type(err).__name__})") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medinject.dashboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--publish", action="store_true", help="create the report on W&B (needs `wandb login`)")
+    parser.add_argument("--entity", help="W&B entity (default: the runs' logger.entity, else your default entity)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        spec = build_spec(args.sweep_dir)
+        write_json_atomic(args.sweep_dir / SPEC, spec)
+        print(f"dashboard specification: {args.sweep_dir / SPEC} ({len(spec['panels']) - 1} metric panels, group {spec['group']!r})")
+        if not args.publish:
+            print(f"to publish: `wandb sync {args.sweep_dir}/*/wandb/offline-run-*` then `python -m medinject.dashboard {args.sweep_dir} --publish`")
+            return 0
+        report = to_report(spec, args.entity)
+        report.save()
+        print(f"published: {report.url}")
+        return 0
+    except UserError as err:
+        print(f"medinject: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
