@@ -68,3 +68,26 @@ def test_a_failed_run_never_claims_success(smoke_cfg, tmp_path):
     assert results["status"] == "failed"
     assert "file not found" in results["error"]
     assert results["metrics"] == {}
+
+
+def test_data_parallel_training_on_two_processes_shares_the_data_and_writes_one_result(tmp_path):
+    """Lightning's DDP (gloo on CPU, the same code path as NCCL on GPUs) over real 4-bit weights."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "train.py", "experiment=smoke", "trainer.strategy=ddp", "trainer.devices=2", "logger=csv",
+         "trainer.enable_progress_bar=false", "eval.limit=2", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed" and record["train"]["world_size"] == 2
+    # 48 examples in 12 batches of 4: each process trains on its own 6 batches per epoch, so 12
+    # optimizer steps cover the data twice, and the token count is summed over both processes.
+    assert record["metrics"]["train/optimizer_steps"] == 12
+    assert record["metrics"]["train/tokens"] == 2 * record["data"]["tokenized"]["tokens"]
+    assert len(list(run_dir.glob("**/results.json"))) == 1

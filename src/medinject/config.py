@@ -186,7 +186,9 @@ class AdapterConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
-    devices: Any = 1
+    devices: Any = 1  # per node; an int on SLURM, where the launcher asks for this many GPUs and tasks
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp (Lightning strategies)
     precision: str = "32-true"
     max_steps: int = -1  # -1: run max_epochs
     max_epochs: int = 1
@@ -260,6 +262,14 @@ class PromptConfig:
 
 
 @dataclass
+class PlanConfig:
+    """Figures the dry run (`dry_run=true`) turns counts into time with."""
+
+    tokens_per_second: float = 2500.0  # training tokens per second per GPU; set it from a measured run
+    chars_per_token: float = 3.5  # when the tokenizer is not on disk: French medical text, Qwen3 BPE (approximate)
+
+
+@dataclass
 class ReportConfig:
     baseline: Optional[str] = "native"  # the data config every other one is compared with (paired, per item)
 
@@ -282,6 +292,7 @@ class RunConfig:
     skip_completed: bool = True  # a run whose results.json says `completed` is not run again
     dry_run: bool = False  # multirun: compose and check every job, print its plan, submit nothing
     report: ReportConfig = field(default_factory=ReportConfig)  # the report built when a multirun ends
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def conf_dir() -> str:
@@ -301,6 +312,9 @@ def register() -> None:
     """Register the schema and resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("medinject.sample_data"):
         OmegaConf.register_new_resolver("medinject.sample_data", sample_data_dir)
+    if not OmegaConf.has_resolver("medinject.gpus"):
+        # GPUs per node for the SLURM launcher: the trainer's devices on GPU, none on CPU
+        OmegaConf.register_new_resolver("medinject.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0)
     from medinject.identity import register_resolver
     from medinject.sweep import ProvenanceSweeperConf
 

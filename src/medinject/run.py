@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 import medinject.config  # noqa: F401  (registers the schema and resolvers before Hydra composes)
@@ -56,8 +58,17 @@ def run(cfg: DictConfig) -> dict:
     finally:
         _finish_wandb(failed=record["status"] != "completed")
         record["timing"]["total"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(out_dir / "results.json", redact(record))
+        if global_rank() == 0:  # with several processes (DDP), the first one speaks for the run
+            write_json_atomic(out_dir / "results.json", redact(record))
     return record
+
+
+def global_rank() -> int:
+    """This process's rank: torchrun's RANK, the SLURM task, or Lightning's launcher's LOCAL_RANK."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if (value := os.environ.get(var, "")).isdigit():
+            return int(value)
+    return 0
 
 
 def _completed_record(out_dir: Path) -> dict | None:
@@ -97,15 +108,16 @@ def _check(cfg: DictConfig) -> None:
     """Cheap checks of values the schema cannot express, before anything is loaded."""
     if cfg.trainer.max_steps == 0:
         raise UserError("trainer.max_steps: 0 trains nothing; use -1 for max_epochs or a positive number")
+    if cfg.trainer.strategy == "fsdp" and cfg.adapter.quantization is not None:
+        raise UserError(
+            f"trainer.strategy: fsdp cannot shard the 4-bit base of adapter={cfg.adapter.name}; "
+            "use trainer=ddp, or an unquantized adapter (adapter=dora / lora)"
+        )
 
 
 def _fit_threads_to_allocation() -> None:
     """Use the CPUs SLURM gave the job, not every core of the node: several jobs on one node each
     running a full set of OpenMP threads slow each other down many times over."""
-    import os
-
-    import torch
-
     cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
     if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
         torch.set_num_threads(int(cpus))
@@ -116,11 +128,14 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     _fit_threads_to_allocation()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = redact(to_container(cfg))
-    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    first = global_rank() == 0
+    if first:
+        write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
     with _stage(record, "data"):
         prepared = prepare_data(cfg)  # test sets are read here too: a bad one fails before training
-        write_records(prepared, out_dir)
+        if first:
+            write_records(prepared, out_dir)
         examples = prepared.examples
         test_items = eval_items(cfg, prepared.test_rows)
         record["data"] = {
@@ -159,6 +174,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         max_steps=cfg.trainer.max_steps,
         max_epochs=cfg.trainer.max_epochs,
@@ -190,7 +207,11 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         if resume:
             log.info("resuming from %s (optimizer step %d)", resume[0], resume[1])
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
-        record["train"] = {"resumed_from_step": resume[1] if resume else None}
+        record["train"] = {"resumed_from_step": resume[1] if resume else None, "world_size": trainer.world_size}
+        # every process counted its own share of the data; a collective, so all of them take part
+        tokens, pad = (float(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")) for n in (module.tokens_seen, module.pad_seen))
+        if trainer.global_rank != 0:  # the other data-parallel processes are done once training is
+            return {}
         loss_end = module.mean_loss(probe)
         adapter_dir = out_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
@@ -205,8 +226,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         "train/probe_loss_start": loss_start,
         "train/probe_loss_end": loss_end,
         "train/optimizer_steps": float(trainer.global_step),
-        "train/tokens": float(module.tokens_seen),
-        "train/pad_fraction": module.pad_fraction,
+        "train/tokens": tokens,
+        "train/pad_fraction": pad / max(tokens + pad, 1.0),
         **eval_metrics,
     }
     if logger:
@@ -219,8 +240,6 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
 def last_checkpoint(directory: Path) -> tuple[Path, int] | None:
     """The newest checkpoint that loads: `last.ckpt`, else the `step=N.ckpt` files from the highest N
     down (a job killed while writing one leaves it truncated)."""
-    import torch
-
     if not directory.is_dir():
         return None
     steps = sorted(directory.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]), reverse=True)

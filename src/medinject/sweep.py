@@ -61,15 +61,15 @@ class SweeperWithSummary(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-
-        if self.config.dry_run:
+        if self.config.dry_run:  # plans only: nothing is written to the sweep dir, nothing launched
             from medinject.plan import print_plans
 
             print_plans([self._job_config(job) for batch in self.overrides for job in batch])
             return []
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         jobs: list[dict] = []
         returns: list[Sequence[JobReturn]] = []

@@ -87,10 +87,15 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
     """Wrap the base model in a peft LoRA / DoRA adapter; only adapter weights stay trainable."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    # Non-reentrant checkpointing: the reentrant kind breaks DDP ("marked ready twice") and needs
+    # inputs that require grad.
+    checkpointing = {"use_reentrant": False}
     if adapter_cfg.quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing
+        )
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
     model.config.use_cache = False
     config = LoraConfig(

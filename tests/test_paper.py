@@ -1,0 +1,86 @@
+"""The paper-scale study: `experiment=paper` composes the released setup for all seven configurations,
+and its dry run plans the SLURM submission on a CPU machine without the model."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF, ROOT
+
+CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+def _paper(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["experiment=paper", "paths.output_dir=/tmp/unused", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("data", CONFIGS)
+def test_the_paper_experiment_is_the_released_setup_for_every_configuration(data):
+    cfg = _paper(f"data={data}")
+    assert cfg.data.name == data
+    assert cfg.model.path == "Qwen/Qwen3-4B-Instruct-2507" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.attn_implementation == "flash_attention_2"
+    a = cfg.adapter
+    assert (a.method.value, a.quantization, a.r, a.alpha, a.dropout) == ("dora", None, 16, 16, 0.05)
+    assert sorted(a.target_modules) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    t = cfg.trainer
+    assert (t.max_epochs, t.max_steps, t.batch_size, t.accumulate_grad_batches) == (10, -1, 12, 8)
+    assert t.batch_size * t.accumulate_grad_batches == 96  # per GPU
+    assert t.gradient_checkpointing and t.precision == "bf16-mixed" and t.accelerator == "gpu"
+    assert (cfg.optim.lr, cfg.optim.warmup_ratio) == (1e-4, 0.05)
+    assert cfg.data.max_length == 2048 and cfg.seed == 42
+    assert cfg.mix.strategy.value == "equal_budget" and cfg.mix.budget == 30000
+    assert sorted(cfg.eval.test_sets) == ["native", "translated"]
+    assert [task.value for task in cfg.eval.tasks] == ["mcqu", "mcq", "oeq"]
+    assert cfg.eval.judge.backend.value == "local" and cfg.eval.judge.model == "google/medgemma-27b-text-it"
+    assert cfg.hydra.sweeper.params.data == "glob(*)"  # `-m experiment=paper` sweeps the seven
+
+
+def test_other_adapters_and_several_gpus_are_one_override_away_and_slurm_asks_for_matching_tasks():
+    assert _paper("adapter=qlora").adapter.quantization.value == "nf4"
+    assert _paper("adapter=qdora").adapter.method.value == "dora"
+    cfg = _paper("trainer=ddp", "trainer.devices=4", "hydra/launcher=slurm")
+    assert cfg.trainer.strategy == "ddp"
+    assert cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices == 96 * 4
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == 4  # one process per GPU for Lightning
+    cpu = _paper("trainer=cpu", "hydra/launcher=slurm")
+    assert OmegaConf.to_container(cpu.hydra.launcher, resolve=True)["gpus_per_node"] == 0
+
+
+def _dry_run(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=paper", "hydra/launcher=slurm", "dry_run=true", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_the_dry_run_plans_seven_sbatch_jobs_without_a_model_and_writes_no_run(tmp_path):
+    sweep_dir = tmp_path / "paper"
+    # The bundled sample holds a few hundred rows, so the budget is shrunk; the rest is the paper's.
+    result = _dry_run(sweep_dir, "mix.budget=60")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.count("=== job ") == 7
+    assert out.count("#!/bin/bash") == 7 and out.count("#SBATCH --gpus-per-node=1") == 7
+    assert out.count("#SBATCH --ntasks-per-node=1") == 7
+    for data in CONFIGS:
+        assert f"data: {data}, mix equal_budget budget 60, max length 2048, seed 42" in out
+    assert out.count("training examples: 60 ") == 7
+    assert out.count("estimated from characters") == 7  # no tokenizer on disk, no hub
+    assert out.count("optimizer steps: 10;") == 7  # ceil(60 / 12) = 5 batches, ceil(5 / 8) = 1 step, 10 epochs
+    assert out.count("peak allocated") == 7
+    assert "one job array (#SBATCH --array=0-6%7)" in out and "nothing was submitted" in out
+    assert not sweep_dir.exists()  # no run directory, no results.json, no submitit folder
+
+
+def test_a_dry_run_reports_every_job_that_cannot_run_and_fails(tmp_path):
+    result = _dry_run(tmp_path / "paper")  # 30,000 examples per configuration: far more than the sample holds
+    assert result.returncode != 0
+    assert result.stdout.count("cannot run:") == 7
+    assert "dry run: 7 job(s) cannot run" in result.stdout + result.stderr
+    assert not (tmp_path / "paper").exists()
