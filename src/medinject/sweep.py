@@ -8,7 +8,7 @@ submitit local or SLURM), and then, whatever happened:
   (`completed`, `skipped` when an earlier completed run was reused, `failed` with the error, or
   `missing` when the job left no result at all, e.g. a node that died);
 * builds the comparison report (`medinject.report`) from the runs that completed;
-* fails the command (non-zero exit) when any job did not complete.
+* fails the command (exit status 1, one line on stderr) when any job did not complete.
 
 With `dry_run=true` it launches nothing: `medinject.plan` prints what each job would do instead.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,6 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from medinject.errors import UserError
 from medinject.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,6 @@ class ProvenanceSweeperConf:
     _target_: str = "hydra_plugins.medinject_sweeper.ProvenanceSweeper"
     max_batch_size: Optional[int] = None  # jobs handed to the launcher at once (None: all)
     params: Optional[dict[str, str]] = None  # parameter -> values, as for Hydra's basic sweeper
-
-
-class SweepFailed(Exception):
-    pass
 
 
 class SweeperWithSummary(BasicSweeper):
@@ -64,7 +62,10 @@ class SweeperWithSummary(BasicSweeper):
         if self.config.dry_run:  # plans only: nothing is written to the sweep dir, nothing launched
             from medinject.plan import print_plans
 
-            print_plans([self._job_config(job) for batch in self.overrides for job in batch])
+            try:
+                print_plans([self._job_config(job) for batch in self.overrides for job in batch])
+            except UserError as err:
+                _exit(2, str(err))
             return []
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -91,7 +92,7 @@ class SweeperWithSummary(BasicSweeper):
         bad = [job for job in jobs if job["status"] in ("failed", "missing")]
         if bad:
             names = ", ".join(f"{' '.join(job['overrides'])} ({job['status']})" for job in bad)
-            raise SweepFailed(f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
+            _exit(1, f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
         return returns
 
     def _job_config(self, overrides: Sequence[str]) -> DictConfig:
@@ -147,6 +148,13 @@ def _build_report(sweep_dir: Path, baseline: str | None) -> None:
         log.info("W&B dashboard specification: %s (publish: python -m medinject.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("the dashboard specification could not be built: %s", _one_line(err))
+
+
+def _exit(status: int, message: str) -> None:
+    """End the command with one line, not a traceback: the details are in sweep_summary.json and the
+    jobs' logs. (Hydra would print the traceback of an exception raised here.)"""
+    print(f"medinject: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def _read_results(path: Path) -> dict:
