@@ -32,6 +32,8 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
     results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
     assert sorted(r["data"]["config"] for r in results) == configs
     assert all(r["status"] == "completed" for r in results)
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert summary["counts"] == {"completed": 7, "skipped": 0, "failed": 0, "missing": 0}
 
     tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     array_ids = {t.split("_")[0] for t in tasks}
