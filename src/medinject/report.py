@@ -27,9 +27,7 @@ import io
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from medinject.errors import UserError
-from medinject.io import write_text_atomic
+from medinject.io import write_bytes_atomic, write_text_atomic
 from medinject.stats import Comparison, Estimate, bootstrap_ci, paired_difference, score_matrix
 
 log = logging.getLogger(__name__)
@@ -460,27 +458,13 @@ def report_html(title: str, notes: list[str], tables: list[Table], plots: list[P
 # ------------------------------------------------------------------------------------------- plots
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Binary twin of medinject.io.write_text_atomic (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(fig, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     log.info("report: wrote %s", path)
     return path
 
