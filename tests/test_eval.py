@@ -3,6 +3,7 @@ the judge (local tiny model and an OpenAI-compatible server on 127.0.0.1), lengt
 
 import json
 import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -84,6 +85,7 @@ def test_constrained_decoding_only_emits_allowed_tokens(tiny):
     assert set(new[:, 0].tolist()) <= set(letters)  # never an empty answer
     texts, first = generate(model, tokenizer, prompts, 4, 6, "t", [allowed] * 6, [letters] * 6)
     assert all(t.strip() and set(t) <= set("ABC, ") for t in texts)
+    assert not any(re.search("[ABC]{2}", t) for t in texts)  # a letter is followed by a separator or the end
     assert len(first[0]) == model.config.vocab_size
 
 

@@ -37,6 +37,7 @@ from medinject.errors import UserError
 log = logging.getLogger(__name__)
 
 TOKENS_VERSION = "tokens-v1"  # bump when tokenization changes
+TOKEN_COUNTS = "token_counts"  # batch key: (non-pad, all) tokens, counted on the host before the batch moves
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -166,6 +167,15 @@ class InstructionDataModule(L.LightningDataModule):
         self.train_set, self.stats, hit = tokenized_dataset(self.examples, self.files, self.tokenizer, self.cfg)
         self.stats = {**self.stats, "cache_hit": hit, "batching": self.cfg.data.batching.value}
         log.info("tokenized %d examples (%d tokens)%s", len(self.train_set), self.stats["tokens"], ", from cache" if hit else "")
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Count the batch's tokens here, on the host, before it moves to the accelerator: the
+        training step reads the count from the batch instead of summing a mask on the device (a host
+        sync every step). A padding-free batch has no padding and no mask."""
+        total = batch["input_ids"].numel()
+        mask = batch.get("attention_mask")
+        batch[TOKEN_COUNTS] = (int(mask.sum()) if mask is not None else total, total)
+        return batch
 
     def _collate(self):
         if self.cfg.data.batching == Batching.padding_free:

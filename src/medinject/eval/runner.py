@@ -45,21 +45,33 @@ def _load_metric(name: str):
 
 class AllowedTokens(LogitsProcessor):
     """Every token outside each row's allowed set gets -inf: the row can only produce those tokens.
-    At the first step only `first` (the option letters) are allowed, so an answer is never empty."""
+
+    A small grammar keeps the answer readable by the letter rule: the first step allows only `first`
+    (the option letters), so an answer is never empty, and a letter is always followed by a separator
+    or the end, never by another letter ("AAAA" would be a run of letters the rule cannot read)."""
 
     def __init__(self, allowed: list[list[int]], first: list[list[int]]):
-        self.allowed, self.first = allowed, first
+        self.first = [sorted(set(ids)) for ids in first]
+        self.allowed = allowed
+        self.after_letter = [sorted(set(a) - set(f)) for a, f in zip(allowed, first)]
         self.steps = 0
 
-    @staticmethod
-    def _mask(scores: torch.Tensor, ids_per_row: list[list[int]]) -> torch.Tensor:
-        mask = torch.ones_like(scores, dtype=torch.bool)
-        for row, ids in enumerate(ids_per_row):
+    def mask(self, last: list[int] | None, vocab_size: int, device) -> torch.Tensor:
+        """(rows, vocab) booleans, True where a token is forbidden; `last`: each row's previous token,
+        None at the first step."""
+        mask = torch.ones(len(self.first), vocab_size, dtype=torch.bool, device=device)
+        for row, first in enumerate(self.first):
+            if last is None:
+                ids = first
+            elif last[row] in first:
+                ids = self.after_letter[row]
+            else:
+                ids = self.allowed[row]
             mask[row, ids] = False
         return mask
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = self._mask(scores, self.first if self.steps == 0 else self.allowed)
+        mask = self.mask(None if self.steps == 0 else input_ids[:, -1].tolist(), scores.shape[-1], scores.device)
         self.steps += 1
         return scores.masked_fill(mask, float("-inf"))
 
@@ -155,11 +167,11 @@ def decode_choices(
         attention = attention.repeat_interleave(2, dim=0)
         logits = logits.repeat_interleave(2, dim=0)
         constrained_rows = torch.arange(logits.shape[0], device=device) % 2 == 1
-        masks = [AllowedTokens._mask(logits[:1].expand(len(batch), -1), [ids[i] for i in batch]) for ids in (first, allowed)]
+        grammar = AllowedTokens([allowed[i] for i in batch], [first[i] for i in batch])
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
         steps = []
         for step in range(max_new_tokens):
-            mask = masks[0] if step == 0 else masks[1]
+            mask = grammar.mask(steps[-1][constrained_rows].tolist() if steps else None, logits.shape[-1], device)
             scores = logits.clone()
             scores[constrained_rows] = scores[constrained_rows].masked_fill(mask, float("-inf"))
             chosen = scores.argmax(dim=-1).masked_fill(finished, pad)

@@ -14,6 +14,16 @@ import torch
 from omegaconf import DictConfig
 from transformers import get_cosine_schedule_with_warmup
 
+from medinject.data.module import TOKEN_COUNTS
+from medinject.model.attention import use_varlen_attention
+
+
+def _token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(non-pad, all) tokens of a batch that came without host-side counts (a host sync on a GPU)."""
+    total = batch["input_ids"].numel()
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else total), total
+
 
 class AdapterFineTuning(L.LightningModule):
     def __init__(self, model, optim_cfg: DictConfig):
@@ -25,12 +35,17 @@ class AdapterFineTuning(L.LightningModule):
         self.pad_seen = 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # (non-pad, all) tokens, counted on the host by the data module before the batch moved to the
+        # accelerator; counting them off the device here would make the host wait for the GPU every step.
+        real, total = batch.pop(TOKEN_COUNTS, None) or _token_counts(batch)
+        if "attention_mask" not in batch and "position_ids" in batch:
+            # A padding-free row: attend within each example, not over the whole row (sdpa_varlen).
+            use_varlen_attention(self.model)
         # use_cache=False is required: with it on, transformers ignores the position restarts of a
         # padding-free batch and its examples attend to each other.
         loss = self.model(**batch, use_cache=False).loss
-        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         self.tokens_seen += real
-        self.pad_seen += batch["input_ids"].numel() - real
+        self.pad_seen += total - real
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
         self.log("train/tokens", float(self.tokens_seen), on_step=True, on_epoch=False)
         return loss
