@@ -150,6 +150,13 @@ def collate_padding_free(features: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(non-pad, all) tokens of a batch; a padding-free batch has no padding and no mask."""
+    total = batch["input_ids"].numel()
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else total), total
+
+
 class InstructionDataModule(L.LightningDataModule):
     def __init__(self, cfg: DictConfig, tokenizer, examples: list[Example], files: dict[str, str]):
         super().__init__()
@@ -172,9 +179,7 @@ class InstructionDataModule(L.LightningDataModule):
         """Count the batch's tokens here, on the host, before it moves to the accelerator: the
         training step reads the count from the batch instead of summing a mask on the device (a host
         sync every step). A padding-free batch has no padding and no mask."""
-        total = batch["input_ids"].numel()
-        mask = batch.get("attention_mask")
-        batch[TOKEN_COUNTS] = (int(mask.sum()) if mask is not None else total, total)
+        batch[TOKEN_COUNTS] = token_counts(batch)
         return batch
 
     def _collate(self):

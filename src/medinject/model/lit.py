@@ -14,15 +14,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import get_cosine_schedule_with_warmup
 
-from medinject.data.module import TOKEN_COUNTS
+from medinject.data.module import TOKEN_COUNTS, token_counts
 from medinject.model.attention import use_varlen_attention
-
-
-def _token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(non-pad, all) tokens of a batch that came without host-side counts (a host sync on a GPU)."""
-    total = batch["input_ids"].numel()
-    mask = batch.get("attention_mask")
-    return (int(mask.sum()) if mask is not None else total), total
 
 
 class AdapterFineTuning(L.LightningModule):
@@ -37,7 +30,7 @@ class AdapterFineTuning(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # (non-pad, all) tokens, counted on the host by the data module before the batch moved to the
         # accelerator; counting them off the device here would make the host wait for the GPU every step.
-        real, total = batch.pop(TOKEN_COUNTS, None) or _token_counts(batch)
+        real, total = batch.pop(TOKEN_COUNTS, None) or token_counts(batch)  # counted here: a host sync on a GPU
         if "attention_mask" not in batch and "position_ids" in batch:
             # A padding-free row: attend within each example, not over the whole row (sdpa_varlen).
             use_varlen_attention(self.model)
