@@ -31,6 +31,7 @@ tied embeddings) with random bf16 weights, built once into `--cache` (about 8 GB
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -41,16 +42,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from medinject.estimate import QWEN3_4B_INSTRUCT_2507
+
 TARGET_RATIO, TARGET_PAD = 1.5, 0.03
 
 MODELS = {
     # a Qwen3-shaped model big enough that the matrix work dominates, built by medinject's tiny builder
     "tiny-256": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32},
-    # Qwen3-4B's shapes, random weights (built from the config only)
-    "qwen3-4b-shape": {
-        "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True,
-    },
+    # Qwen3-4B's shapes (the ones the memory estimate uses), random weights (built from the config only)
+    "qwen3-4b-shape": dataclasses.asdict(QWEN3_4B_INSTRUCT_2507),
 }
 TINY_256_OVERRIDES = [f"model.build_tiny.{k}={v}" for k, v in MODELS["tiny-256"].items()]
 
@@ -225,8 +225,6 @@ def run_medinject(cfg, args, meter: Meter) -> None:
 
 
 def run_trl(cfg, args, meter: Meter) -> None:
-    import dataclasses
-
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
