@@ -190,6 +190,7 @@ def run_medinject(cfg, args, meter: Meter) -> None:
     import lightning as L
 
     from medinject.model.lit import AdapterFineTuning
+    from medinject.run import trainer_arguments
 
     _, model, datamodule = load(cfg)
 
@@ -203,19 +204,8 @@ def run_medinject(cfg, args, meter: Meter) -> None:
 
     module = AdapterFineTuning(model, cfg.optim)
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        max_steps=cfg.trainer.max_steps,
-        max_epochs=cfg.trainer.max_epochs,
-        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **{**trainer_arguments(cfg), "devices": 1, "enable_progress_bar": False},
         enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         logger=False,
         default_root_dir=tempfile.mkdtemp(prefix="medinject-bench-"),
         callbacks=[Timing()],

@@ -172,24 +172,10 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     module = AdapterFineTuning(model, cfg.optim)
     logger = _make_logger(cfg, out_dir, resolved)
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy,
-        precision=cfg.trainer.precision,
-        max_steps=cfg.trainer.max_steps,
-        max_epochs=cfg.trainer.max_epochs,
-        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+        **trainer_arguments(cfg),
         default_root_dir=str(out_dir),
         logger=logger,
         plugins=_cluster_plugins(),
-        use_distributed_sampler=False,  # EpochBatches shards by rank itself, and stays resumable
         callbacks=[
             L.pytorch.callbacks.ModelCheckpoint(
                 dirpath=out_dir / "checkpoints",
@@ -235,6 +221,29 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         _log_predictions(cfg, logger, predictions)
         logger.save()
     return metrics
+
+
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """The `L.Trainer` settings of every training run (run() adds logging, checkpoints and cluster
+    plugins; bench/train_throughput.py uses the same ones)."""
+    t = cfg.trainer
+    return dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,  # EpochBatches shards by rank itself, and stays resumable
+    )
 
 
 def last_checkpoint(directory: Path) -> tuple[Path, int] | None:
