@@ -13,7 +13,6 @@ compute nodes that are offline) the command writes the report's specification to
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ import yaml
 from medinject.errors import UserError
 from medinject.io import write_json_atomic
 
-log = logging.getLogger(__name__)
 
 SPEC = "dashboard.json"
 SPEC_VERSION = 1
@@ -32,16 +30,17 @@ SKIPPED_SUFFIXES = ("/n", "/n_unparsable")  # counts, not scores
 
 def build_spec(sweep_dir: Path) -> dict:
     """The dashboard of a finished sweep, as plain data: runs' project and group, and the panels."""
+    from medinject.report import load_runs  # the sweep's runs, found the way the report finds them
+
     sweep_dir = Path(sweep_dir)
-    runs = _completed_runs(sweep_dir)
+    runs = [run for run in load_runs(sweep_dir) if run.status == "completed"]
     if not runs:
-        raise UserError(f"{sweep_dir}: no completed run to build a dashboard from (sweep_summary.json or */results.json)")
-    metrics: set[str] = set()
-    for results, _ in runs:
-        metrics.update(k for k in results.get("metrics", {}) if k.startswith("eval/") and not k.endswith(SKIPPED_SUFFIXES))
+        raise UserError(f"{sweep_dir}: no completed run to build a dashboard from")
+    metrics = {k for run in runs for k in run.metrics if k.startswith("eval/") and not k.endswith(SKIPPED_SUFFIXES)}
     metrics.add("train/probe_loss_end")
-    logger_cfg = runs[0][1].get("logger", {})
-    group = logger_cfg.get("group") or runs[0][1].get("sweep_name") or sweep_dir.name
+    cfg = _run_config(runs[0].run_dir)
+    logger_cfg = cfg.get("logger", {})
+    group = logger_cfg.get("group") or cfg.get("sweep_name") or sweep_dir.name
     return {
         "version": SPEC_VERSION,
         "title": f"medinject: {group}",
@@ -50,7 +49,7 @@ def build_spec(sweep_dir: Path) -> dict:
         "group": group,
         "filter": f"Group == '{group}'",
         "groupby": "job_type",
-        "configs": sorted({cfg["data"]["name"] for _, cfg in runs}),
+        "configs": sorted({run.config for run in runs}),
         "panels": [
             *({"type": "bar", "metric": m, "aggregate": "mean", "range": "stderr"} for m in sorted(metrics)),
             {"type": "run_comparer", "diff_only": "split"},
@@ -88,32 +87,11 @@ def to_report(spec: dict, entity: str | None = None):
     return wr.Report(project=spec["project"], entity=entity, title=spec["title"], blocks=blocks, width="fluid")
 
 
-def _completed_runs(sweep_dir: Path) -> list[tuple[dict, dict]]:
-    """(results.json, config.yaml) of every completed run of the sweep."""
-    summary_path = sweep_dir / "sweep_summary.json"
-    if summary_path.is_file():
-        summary = _read_json(summary_path)
-        run_dirs = [Path(job["run_dir"]) for job in summary.get("jobs", []) if job.get("status") in ("completed", "skipped")]
-    else:
-        run_dirs = sorted(p.parent for p in sweep_dir.glob("*/results.json"))
-    runs = []
-    for run_dir in run_dirs:
-        results = _read_json(run_dir / "results.json")
-        if results.get("status") != "completed":
-            continue
-        try:
-            cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({type(err).__name__})") from err
-        runs.append((results, cfg))
-    return runs
-
-
-def _read_json(path: Path) -> dict:
+def _run_config(run_dir: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable JSON ({type(err).__name__})") from err
+        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({type(err).__name__})") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", action="store_true", help="create the report on W&B (needs `wandb login`)")
     parser.add_argument("--entity", help="W&B entity (default: the runs' logger.entity, else your default entity)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # what it did is printed below
     try:
         spec = build_spec(args.sweep_dir)
         write_json_atomic(args.sweep_dir / SPEC, spec)
