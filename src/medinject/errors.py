@@ -6,3 +6,9 @@ class UserError(Exception):
 
     The message names where the problem is (file, row and field; or config key) and says what is wrong.
     """
+
+
+def one_line(err: BaseException) -> str:
+    """`Type: first line of the message`, for results.json and sweep summaries."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"

@@ -24,7 +24,7 @@ import medinject.config  # noqa: F401  (registers the schema and resolvers befor
 from medinject.config import LoggerKind, to_container
 from medinject.data.module import InstructionDataModule
 from medinject.data.prepare import prepare_data, write_records
-from medinject.errors import UserError
+from medinject.errors import UserError, one_line
 from medinject.identity import wandb_id
 from medinject.eval.runner import eval_items, evaluate_model
 from medinject.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
         record["status"] = "completed"
     except BaseException as err:
         record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        record["error"] = one_line(err)
         raise
     finally:
         _finish_wandb(failed=record["status"] != "completed")

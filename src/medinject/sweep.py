@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from medinject.errors import UserError
+from medinject.errors import UserError, one_line
 from medinject.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class SweeperWithSummary(BasicSweeper):
         entry = {"num": num, "overrides": list(overrides), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed}
         if result is not None and result.status == JobStatus.FAILED:
             err = result._return_value
-            return {**entry, "status": "failed", "error": _one_line(err)}
+            return {**entry, "status": "failed", "error": one_line(err)}
         if result is not None and result.status == JobStatus.COMPLETED:
             record = result.return_value if isinstance(result.return_value, dict) else {}
             return {**entry, "status": "skipped" if record.get("skipped") else "completed", "error": None}
@@ -114,7 +114,7 @@ class SweeperWithSummary(BasicSweeper):
             return {**entry, "status": "completed", "error": None}
         if stored.get("status") == "failed":
             return {**entry, "status": "failed", "error": stored.get("error")}
-        why = _one_line(launch_error) if launch_error else "the job left no results.json"
+        why = one_line(launch_error) if launch_error else "the job left no results.json"
         return {**entry, "status": "missing", "error": why}
 
 
@@ -142,12 +142,12 @@ def _build_report(sweep_dir: Path, baseline: str | None) -> None:
     try:
         log.info("report: %s", build_report(sweep_dir, baseline=baseline))
     except Exception as err:  # noqa: BLE001 - reported, and the runs' own results stay valid
-        log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", _one_line(err), sweep_dir)
+        log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", one_line(err), sweep_dir)
     try:
         write_json_atomic(sweep_dir / SPEC, build_spec(sweep_dir))
         log.info("W&B dashboard specification: %s (publish: python -m medinject.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
     except Exception as err:  # noqa: BLE001
-        log.warning("the dashboard specification could not be built: %s", _one_line(err))
+        log.warning("the dashboard specification could not be built: %s", one_line(err))
 
 
 def _exit(status: int, message: str) -> None:
@@ -162,10 +162,3 @@ def _read_results(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def _one_line(err: BaseException | None) -> str:
-    if err is None:
-        return ""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
