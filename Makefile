@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# sets up what the machine allows (one-node SLURM cluster, Chromium; tests/machine_setup.sh), then the suite
 test: venv
-	$(PY) -m pytest -q tests
+	@eval "$$(bash tests/machine_setup.sh)"; $(PY) -m pytest -q tests
 
 demo: venv
 	$(PY) train.py -m experiment=provenance_sweep

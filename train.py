@@ -6,7 +6,8 @@ Composes `conf/train.yaml` and hands the config to `medinject.run.run`, which do
 import hydra
 from omegaconf import DictConfig
 
-from medinject.run import exit_on_user_error, run
+from medinject.run import run
+from medinject.util.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

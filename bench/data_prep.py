@@ -44,7 +44,7 @@ def compose(corpus: str, cache: str, budget: int, extra: list[str]):
 
 def measure(corpus: str, cache: str, budget: int, extra: list[str]) -> dict:
     """One pass in this process (called in a child)."""
-    from medinject.data.module import tokenized_dataset
+    from medinject.train.datamodule import tokenized_dataset
     from medinject.data.prepare import prepare_data
     from medinject.model.load import load_tokenizer_and_model
 

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medinject.estimate import QWEN3_4B_INSTRUCT_2507
+from medinject.sweep.estimate import QWEN3_4B_INSTRUCT_2507
 
 TARGET_RATIO, TARGET_PAD = 1.5, 0.03
 
@@ -174,7 +174,7 @@ class Meter:
 
 
 def load(cfg):
-    from medinject.data.module import InstructionDataModule
+    from medinject.train.datamodule import InstructionDataModule
     from medinject.data.prepare import prepare_data
     from medinject.model.load import attach_adapter, load_tokenizer_and_model
 
@@ -189,8 +189,8 @@ def load(cfg):
 def run_medinject(cfg, args, meter: Meter) -> None:
     import lightning as L
 
-    from medinject.model.lit import AdapterFineTuning
-    from medinject.run import trainer_arguments
+    from medinject.train.lit import AdapterFineTuning
+    from medinject.train.fit import trainer_arguments
 
     _, model, datamodule = load(cfg)
 
@@ -304,7 +304,7 @@ def child(args) -> dict:
 
 def prepare(args) -> None:
     """Build the model and fill the token cache outside the timed children."""
-    from medinject.data.module import tokenized_dataset
+    from medinject.train.datamodule import tokenized_dataset
     from medinject.data.prepare import prepare_data
     from medinject.model.tiny import ensure_tiny
 

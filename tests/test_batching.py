@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from medinject.data.module import InstructionDataModule, collate_padded, collate_padding_free
+from medinject.train.datamodule import InstructionDataModule, collate_padded, collate_padding_free
 from medinject.data.prepare import prepare_data
 from medinject.model.load import attach_adapter, load_tokenizer_and_model
 

@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import CONF, ROOT
+
+SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 
 SECRET_HF = "hf_plantedSecretValue123456789"
 SECRET_WANDB = "0123456789abcdefplantedwandbkey0123456789"
@@ -25,11 +28,19 @@ def _train(*args: str, env: dict | None = None, timeout: int = 600) -> subproces
 
 def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
     run_dir = tmp_path / "run"
+    # a test item whose text holds the credential: it reaches prompts, predictions and the W&B table
+    tests = tmp_path / "native_test"
+    shutil.copytree(SAMPLE / "native" / "test", tests)
+    rows = (tests / "mcqu.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(rows[0])
+    first["instruction"] = f"{first['instruction']} (ref. {SECRET_HF})"
+    (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
     result = _train(
         "experiment=smoke",
         "logger=wandb",
-        "logger.mode=offline",
-        "logger.tags=[${oc.env:HF_TOKEN}]",  # a config that tries to carry a credential
+        "logger.wandb.mode=offline",
+        "logger.wandb.tags=[${oc.env:HF_TOKEN}]",  # a config that tries to carry a credential
+        f"eval.test_sets.native.files=[{tests}]",
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
         env={"HF_TOKEN": SECRET_HF, "WANDB_API_KEY": SECRET_WANDB},
@@ -38,6 +49,9 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["metrics"]["eval/native/mcqu/n"] == 8
+    assert results["devices"] == {"train": "cpu", "eval": "cpu"}
+    predictions = (run_dir / "predictions.jsonl").read_text(encoding="utf-8")
+    assert "(ref. ***)" in predictions  # the item was evaluated, its credential masked
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
 

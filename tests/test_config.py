@@ -42,7 +42,7 @@ def test_defaults_are_tiny_qlora_bundled_sample_wandb_offline(monkeypatch):
     assert cfg.adapter.quantization.value == "nf4" and cfg.adapter.double_quant
     assert (cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout) == (16, 16, 0.05)
     assert list(cfg.adapter.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert cfg.logger.kind.value == "wandb" and cfg.logger.mode.value == "offline"
+    assert cfg.logger.wandb._target_ == "lightning.pytorch.loggers.WandbLogger" and cfg.logger.wandb.mode == "offline"
     assert cfg.data.sources.native.files[0].endswith("sample_data/native/train")
 
 

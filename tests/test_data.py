@@ -8,11 +8,11 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from medinject.config import MixConfig, SourceConfig, sample_data_dir
 from medinject.data.mix import select
-from medinject.data.module import collate_padded, tokenize
+from medinject.train.datamodule import collate_padded, tokenize
 from medinject.data.prepare import counts, prepare_data
 from medinject.data.prompts import IGNORE_INDEX
 from medinject.data.sources import load_source
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 SAMPLE = Path(sample_data_dir())
 PATHS = OmegaConf.create({"medinjection": None})

@@ -1,4 +1,4 @@
-"""medinject.estimate: parameter counts against transformers/peft, 4-bit bytes against bitsandbytes,
+"""medinject.sweep.estimate: parameter counts against transformers/peft, 4-bit bytes against bitsandbytes,
 and the shape of the memory estimate."""
 
 from collections import Counter
@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from conftest import compose_cfg
 from medinject.config import AdapterConfig, AdapterMethod, ModelConfig, Quantization
-from medinject.estimate import (
+from medinject.sweep.estimate import (
     PROJECTIONS,
     QWEN3_4B_INSTRUCT_2507,
     Architecture,

@@ -16,7 +16,8 @@ from rouge_score import rouge_scorer
 
 from conftest import compose_cfg
 from medinject.eval.judge import Judge, parse_verdict
-from medinject.eval.runner import AllowedTokens, generate, length_controlled, metric_module, option_token_ids, single_token
+from medinject.eval.decoding import AllowedTokens, generate, option_token_ids, single_token
+from medinject.eval.runner import length_controlled, metric_module
 
 PREDICTIONS = ["Le traitement repose sur l'amoxicilline pendant 7 jours.", "Hypokaliémie sévère", "", "Une IRM cérébrale en urgence."]
 REFERENCES = ["Amoxicilline pendant 7 jours.", "Hypokaliémie sévère avec ondes U.", "Arrêt du médicament.", "IRM cérébrale urgente."]
@@ -173,7 +174,7 @@ def test_run_with_an_openai_compatible_judge_keeps_the_key_out_of_the_run(smoke_
 
 
 def test_shared_prefill_decoding_equals_two_generate_calls(tiny):
-    from medinject.eval.runner import decode_choices
+    from medinject.eval.decoding import decode_choices
 
     cfg, tokenizer, model = tiny
     letters = option_token_ids(tokenizer, ("A", "B", "C", "D"))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import compose_cfg
 
-from medinject.data.module import (
+from medinject.train.datamodule import (
     TOKEN_COUNTS,
     InstructionDataModule,
     collate_padded,
@@ -22,7 +22,7 @@ from medinject.data.module import (
 )
 from medinject.data.prepare import prepare_data
 from medinject.model.attention import NAME, use_varlen_attention
-from medinject.model.lit import AdapterFineTuning
+from medinject.train.lit import AdapterFineTuning
 from medinject.model.load import attach_adapter, load_tokenizer_and_model
 
 OVERRIDES = ("data=native+synthetic+translated", "mix=natural", "data.cache=false", "adapter.dropout=0.0")

@@ -4,8 +4,8 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from conftest import compose_cfg
-from medinject.errors import UserError
-from medinject.model.lit import AdapterFineTuning
+from medinject.util.errors import UserError
+from medinject.train.lit import AdapterFineTuning
 from medinject.model.load import attach_adapter, load_tokenizer_and_model, parameter_counts
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import CONF, ROOT
 
-from medinject.errors import UserError
-from medinject.report import build_report
+from medinject.util.errors import UserError
+from medinject.report.build import build_report
 
 CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 SEEDS = (1, 2)

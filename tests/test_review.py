@@ -34,7 +34,7 @@ def judged_run(tmp_path_factory):
 
 
 def test_review_export_is_blinded_and_import_gives_the_hand_computed_kappa(judged_run, tmp_path):
-    from medinject.review import main
+    from medinject.report.review import main
 
     main(["export", str(judged_run.parent), "--out", str(tmp_path), "--per-run", "10", "--seed", "1"])
     review = list(csv.DictReader((tmp_path / "review.csv").open(encoding="utf-8")))
@@ -66,8 +66,8 @@ def test_review_export_is_blinded_and_import_gives_the_hand_computed_kappa(judge
 
 
 def test_bad_rating_is_one_line_error(judged_run, tmp_path):
-    from medinject.review import import_ratings, main
-    from medinject.errors import UserError
+    from medinject.report.review import import_ratings, main
+    from medinject.util.errors import UserError
 
     main(["export", str(judged_run), "--out", str(tmp_path)])
     (tmp_path / "ratings.csv").write_text("uid,rating\nR00001,peut-être\n", encoding="utf-8")
@@ -79,7 +79,7 @@ def test_reevaluation_replaces_eval_metrics_and_keeps_training_ones(judged_run):
     before = json.loads((judged_run / "results.json").read_text())
     assert "eval/native/oeq/judge" in before["metrics"]
     result = subprocess.run(
-        [sys.executable, "-m", "medinject.evaluate", str(judged_run), "eval.judge.backend=none", "eval.constrained=false", "eval.limit=2"],
+        [sys.executable, "-m", "medinject.eval", str(judged_run), "eval.judge.backend=none", "eval.constrained=false", "eval.limit=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -94,6 +94,6 @@ def test_reevaluation_replaces_eval_metrics_and_keeps_training_ones(judged_run):
 
 
 def test_reevaluating_a_directory_that_is_not_a_run_fails_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.evaluate", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"medinject: error: {tmp_path}: not a trained run directory (results.json missing)"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 from medinject.run import run
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from conftest import CONF, RESUMABLE, ROOT
 
-SMALL_JOBS = ("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-              "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20")
+SMALL_JOBS = ("hydra/launcher=slurm_onenode",)  # the preset that fits the one-node cluster of slurm/
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("SLURM_CONF"), reason="no SLURM cluster: run `bash slurm/start.sh` and export the SLURM_CONF it prints"
@@ -84,3 +83,26 @@ def test_a_requeued_job_resumes_from_its_checkpoint_to_the_metrics_of_an_uninter
     # SLURM's own record: the task ran twice under one id, the first attempt ending REQUEUED.
     history = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", task, "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout
     assert "REQUEUED" in history, history
+
+
+def test_a_sweep_slurm_can_never_start_stops_with_one_line(tmp_path):
+    """The `slurm` preset's defaults (64 GB, 8 CPUs per task) exceed the one-node cluster: the array
+    would stay pending for ever (PartitionConfig). The sweep says so within a couple of minutes."""
+    sweep_dir = tmp_path / "sweep"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=smoke", "data=native,synthetic", "hydra/launcher=slurm",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=100000", "logger=none", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.monotonic() - started < 150
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("medinject: error: SLURM will never start job ") and "hydra.launcher." in last, last
+    assert re.search(r"reason (PartitionConfig|ReqNodeNotAvail)", last), last
+    ids = sorted({p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)})
+    assert ids
+    queue = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout
+    assert queue.strip() == "", queue  # cancelled, not left pending
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert summary["status"] == "failed" and summary["counts"]["completed"] == 0

@@ -14,7 +14,7 @@ from conftest import CONF, ROOT, compose_cfg
 from medinject.config import SourceConfig, sample_data_dir
 from medinject.data.prepare import prepare_data
 from medinject.data.sources import load_source
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 SAMPLE = Path(sample_data_dir())
 DATA_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
@@ -273,7 +273,7 @@ def test_weighted_mix_follows_weights_and_repeats_only_when_allowed():
 
 
 def test_selection_and_token_caches_are_keyed_by_content(tmp_path):
-    from medinject.data.module import tokenized_dataset
+    from medinject.train.datamodule import tokenized_dataset
     from medinject.model.load import load_tokenizer_and_model
 
     source = tmp_path / "native.jsonl"

@@ -1,11 +1,11 @@
-"""Known answers for medinject.stats: bootstrap CIs over seeds and items, paired sign-flip comparisons."""
+"""Known answers for medinject.report.stats: bootstrap CIs over seeds and items, paired sign-flip comparisons."""
 
 import math
 
 import numpy as np
 import pytest
 
-from medinject.stats import bootstrap_ci, paired_difference, paired_differences, score_matrix, sign_flip_pvalue
+from medinject.report.stats import bootstrap_ci, paired_difference, paired_differences, score_matrix, sign_flip_pvalue
 
 
 def _table(matrix: np.ndarray, seeds=None) -> dict[int, dict[str, float]]:

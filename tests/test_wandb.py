@@ -10,7 +10,7 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from conftest import ROOT
-from medinject.dashboard import build_spec, to_report
+from medinject.report.dashboard import build_spec, to_report
 
 CONFIGS = ("native", "synthetic+translated")
 BLOCK = 32 * 1024  # the .wandb file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
@@ -41,7 +41,7 @@ def wandb_records(path: Path):
 def sweep(tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("wandb_sweep")
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "experiment=smoke", f"data={','.join(CONFIGS)}", "logger=wandb", "logger.mode=offline",
+        [sys.executable, "train.py", "-m", "experiment=smoke", f"data={','.join(CONFIGS)}", "logger=wandb", "logger.wandb.mode=offline",
          "sweep_name=provenance-check", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu,oeq]", "eval.oeq_max_new_tokens=8",
          "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -104,8 +104,8 @@ def test_the_dashboard_specification_has_a_panel_per_reported_metric_and_the_swe
 
 
 def test_the_dashboard_cli_writes_the_specification_offline_and_says_how_to_publish(sweep, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.dashboard", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "medinject.report.dashboard", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--publish" in result.stdout and "wandb sync" in result.stdout
-    empty = subprocess.run([sys.executable, "-m", "medinject.dashboard", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    empty = subprocess.run([sys.executable, "-m", "medinject.report.dashboard", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and empty.stderr.startswith("medinject: error:") and len(empty.stderr.strip().splitlines()) == 1

@@ -7,8 +7,10 @@ misspelled key or a wrong type fails at compose time with Hydra's own message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+import hashlib
+import json
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -16,6 +18,15 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+def control(default=MISSING, *, factory=None):
+    """A run-control field: it says how a run is executed or recorded, not what it computes, so it is
+    left out of the run's identity (run_key below). Every other field decides the result."""
+    metadata = {"run_control": True}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class Origin(str, Enum):
@@ -76,24 +87,14 @@ class Quantization(str, Enum):
     fp4 = "fp4"
 
 
-class LoggerKind(str, Enum):
-    wandb = "wandb"
-    csv = "csv"
-    none = "none"
-
-
-class WandbMode(str, Enum):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
-
-
 @dataclass
 class PathsConfig:
-    sample_data: str = MISSING  # the bundled sample, shipped inside the package
+    # Where files are, not what they hold: the content hash of every input file is recorded in the run
+    # and compared on every rerun, so an edited or replaced file is never silently reused.
+    sample_data: str = control()  # the bundled sample, shipped inside the package
     medinjection: Optional[str] = None  # a MedInjection-FR download (holds ALL/ or Native/, Synthetic/, Translated/)
-    cache_dir: str = MISSING  # built tiny models and other reusable artefacts
-    output_dir: str = MISSING  # this run's directory (Hydra's run or sweep sub-directory)
+    cache_dir: str = control()  # built tiny models and other reusable artefacts
+    output_dir: str = control()  # this run's directory (Hydra's run or sweep sub-directory)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class DataConfig:
     completion_only_loss: bool = True  # mask prompt tokens out of the loss
     batching: Batching = Batching.padding_free
     group_by_length: bool = True  # padded batching: batches of similar lengths (less padding)
-    cache: bool = True  # reuse selections and tokenized sets keyed by content hashes
+    cache: bool = control(True)  # reuse selections and tokenized sets keyed by content hashes
 
 
 @dataclass
@@ -196,10 +197,10 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0
     gradient_checkpointing: bool = False
-    log_every_n_steps: int = 1
-    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = control(1)
+    checkpoint_every_n_steps: int = control(50)  # resume is exact whatever the interval
     probe_batches: int = 2  # fixed training batches whose loss is measured before and after fitting
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool = control(True)
 
 
 @dataclass
@@ -221,10 +222,13 @@ class JudgeConfig:
     backend: JudgeBackend = JudgeBackend.none
     model: Optional[str] = None  # local: path or hub id; openai: the served model's name
     base_url: Optional[str] = None  # openai: e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # openai: the key is read from this variable, never stored
+    api_key_env: str = control("OPENAI_API_KEY")  # openai: the key is read from this variable, never stored
     batch_size: int = 8
     max_new_tokens: int = 8
-    timeout_s: float = 60.0
+    timeout_s: float = control(60.0)
+    # local: None puts the judge on the evaluation device; "auto" spreads a large judge over every
+    # visible GPU (transformers' device_map="auto"); or a device such as "cuda:1".
+    device: Optional[str] = control(None)
     rubric: str = MISSING  # French instructions; {question}, {reference} and {answer} are filled in
 
 
@@ -241,18 +245,18 @@ class EvalConfig:
     bertscore_layer: int = -1
     length_bins: int = 4  # answer-length quantile bins for the length-controlled judge score
     limit: Optional[int] = None  # at most this many items per test set and task (None: all)
+    # None: the device the run trained on (the trainer's root device); or e.g. "cuda:0", "cpu".
+    # BERTScore's encoder runs there too.
+    device: Optional[str] = control(None)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
-class LoggerConfig:
-    kind: LoggerKind = MISSING
-    project: str = "medinject"
-    entity: Optional[str] = None
-    mode: WandbMode = WandbMode.offline
+class TrackingConfig:
+    """What medinject adds to a W&B logger of `logger:` (run control: it changes no result)."""
+
     group: Optional[str] = None  # None: `sweep_name` in a multirun, no group otherwise
-    tags: list[str] = field(default_factory=list)
-    log_predictions: bool = True  # W&B: every evaluated item as a table (uploaded by `wandb sync` when offline)
+    log_predictions: bool = True  # every evaluated item as the table eval/predictions
 
 
 @dataclass
@@ -284,15 +288,18 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 42
-    # Run control (not part of a run's identity, see medinject/identity.py):
-    sweep_name: str = "sweep"  # multirun_outputs/<sweep_name>/ and the W&B group
-    skip_completed: bool = True  # a run whose results.json says `completed` is not run again
-    dry_run: bool = False  # multirun: compose and check every job, print its plan, submit nothing
-    report: ReportConfig = field(default_factory=ReportConfig)  # the report built when a multirun ends
-    plan: PlanConfig = field(default_factory=PlanConfig)
+    # Lightning callbacks, each a `_target_` node (conf/callbacks/): they can change training, so hashed.
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    # Run control (not part of a run's identity, see run_key below):
+    logger: dict[str, Any] = control(factory=dict)  # Lightning loggers, each a `_target_` node (conf/logger/)
+    tracking: TrackingConfig = control(factory=TrackingConfig)
+    sweep_name: str = control("sweep")  # multirun_outputs/<sweep_name>/ and the W&B group
+    skip_completed: bool = control(True)  # a run whose results.json says `completed` is not run again
+    dry_run: bool = control(False)  # multirun: compose and check every job, print its plan, submit nothing
+    report: ReportConfig = control(factory=ReportConfig)  # the report built when a multirun ends
+    plan: PlanConfig = control(factory=PlanConfig)
 
 
 def conf_dir() -> str:
@@ -315,12 +322,55 @@ def register() -> None:
     if not OmegaConf.has_resolver("medinject.gpus"):
         # GPUs per node for the SLURM launcher: the trainer's devices on GPU, none on CPU
         OmegaConf.register_new_resolver("medinject.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0)
-    from medinject.identity import register_resolver
-    from medinject.sweep import ProvenanceSweeperConf
-
-    register_resolver()
+    if not OmegaConf.has_resolver("medinject.run_name"):
+        # `${medinject.run_name:}` in hydra.run.dir / hydra.sweep.subdir; `_root_` is the whole job config
+        OmegaConf.register_new_resolver("medinject.run_name", lambda *, _root_: run_name(_root_))
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    ConfigStore.instance().store(group="hydra/sweeper", name="medinject", node=ProvenanceSweeperConf, provider="medinject")
+
+
+def control_keys(schema=RunConfig, prefix: str = "") -> list[str]:
+    """Dotted names of every run-control field of the schema (see `control`)."""
+    keys = []
+    for f in fields(schema):
+        if f.metadata.get("run_control"):
+            keys.append(prefix + f.name)
+        elif is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _DATACLASSES):
+            keys += control_keys(_DATACLASSES[f.type] if isinstance(f.type, str) else f.type, f"{prefix}{f.name}.")
+    return keys
+
+
+# Run identity: a short hash of what decides a run's result. The run directory (`<data>-s<seed>-<key>`)
+# is named after it instead of a timestamp, so a requeued, relaunched or re-typed command lands in the
+# directory of the run it continues, finds its checkpoint, and skips it once it completed. Hashed: the
+# composed config *before* interpolations are resolved (so `${paths.sample_data}/...` hashes the same
+# on every machine), without `hydra` and every `control` field. What the input files *contain* is not
+# in the key: their content hashes are recorded in the run directory and compared when a run starts
+# (medinject.data.inputs).
+RUN_KEY_LENGTH = 10
+
+
+def identity_fields(cfg: DictConfig) -> dict:
+    """The part of the config that the key is a hash of (interpolations left as written)."""
+    tree = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    tree.pop("hydra", None)
+    for dotted in control_keys():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
+def run_key(cfg: DictConfig) -> str:
+    blob = json.dumps(identity_fields(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:RUN_KEY_LENGTH]
+
+
+def run_name(cfg: DictConfig) -> str:
+    """`<data config>-s<seed>-<key>`: readable in listings, unique per config."""
+    return f"{cfg.data.name}-s{cfg.seed}-{run_key(cfg)}"
 
 
 def to_container(cfg: DictConfig) -> dict:
@@ -328,4 +378,5 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
+_DATACLASSES = {name: obj for name, obj in globals().items() if is_dataclass(obj)}  # for `from __future__` string annotations
 register()

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from medinject.config import MixStrategy, TaskBalance
 from medinject.data.rows import Example, Rows
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 
 def _ranked(ids: list[str], positions: list[int], seed: int) -> list[int]:

@@ -26,9 +26,10 @@ from medinject.config import conf_dir, to_container
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
 from medinject.data.rows import Example, Rows
-from medinject.data.sources import Loaded, file_sha256, load_source, source_files
-from medinject.errors import UserError
-from medinject.io import write_json_atomic
+from medinject.data.inputs import input_hashes
+from medinject.data.sources import Loaded, load_source
+from medinject.util.errors import UserError
+from medinject.util.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,6 @@ def load_test_sets(cfg: DictConfig) -> dict[str, Loaded]:
     return {name: load_source(src, cfg.paths, f"eval.test_sets.{name}") for name, src in sorted(cfg.eval.test_sets.items())}
 
 
-def _input_hashes(cfg: DictConfig) -> dict[str, str]:
-    """Content hash of every file the stage would read (hub datasets are keyed by id and split)."""
-    hashes = {}
-    groups = [("data.sources", cfg.data.sources), ("eval.test_sets", cfg.eval.test_sets)]
-    for prefix, group in groups:
-        for name, src in sorted(group.items()):
-            for path, _ in source_files(src, cfg.paths, f"{prefix}.{name}"):
-                hashes[str(path)] = file_sha256(path)
-    return hashes
-
-
 def _read_cache(folder: Path) -> PreparedData:
     import pyarrow.parquet as pq
 
@@ -131,7 +121,7 @@ def _write_cache(folder: Path, prepared: PreparedData) -> None:
 
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
-    cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), _input_hashes(cfg))
+    cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), input_hashes(cfg))
     if cfg.data.cache and (cache / "meta.json").is_file():
         log.info("selection cache hit: %s", cache)
         return _read_cache(cache)
@@ -185,7 +175,7 @@ def write_records(prepared: PreparedData, out_dir: Path) -> None:
 def main() -> None:
     import hydra
 
-    from medinject.run import exit_on_user_error
+    from medinject.util.cli import exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
     @exit_on_user_error

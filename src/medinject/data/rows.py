@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from medinject.config import Origin, TaskType
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 FIELDS = ("instruction", "context", "answer", "type", "origin")
 _OPTION_LINE = re.compile(r"^([A-Z])[.)]\s+\S")

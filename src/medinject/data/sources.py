@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from medinject.config import OnBadRow, SourceFormat, TaskType
 from medinject.data.rows import BadRow, Example, Rows, make_example
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 BATCH = 20_000  # rows checked in Python before they move into Arrow
 SPLIT_FOLDERS = {"train": "Train", "validation": "Validation", "test": "Test"}

@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from medinject.config import JudgeBackend
-from medinject.errors import UserError
+from medinject.eval.decoding import generate
+from medinject.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def judge_id(cfg: DictConfig) -> str:
 
 
 class Judge:
-    def __init__(self, cfg: DictConfig, cache_dir: str):
+    def __init__(self, cfg: DictConfig, cache_dir: str, device: str = "cpu"):
         if cfg.backend == JudgeBackend.none:
             raise ValueError("no judge configured")
         if not cfg.model:
@@ -48,6 +49,7 @@ class Judge:
         if cfg.backend == JudgeBackend.openai and not cfg.base_url:
             raise UserError("eval.judge.base_url: the openai backend needs the endpoint, e.g. http://127.0.0.1:8000/v1")
         self.cfg = cfg
+        self.device = device  # local backend: a device, or "auto" for transformers' device_map over every GPU
         self.id = judge_id(cfg)
         self.cache_path = Path(cache_dir) / "judge" / "verdicts.jsonl"
         self.cache = self._read_cache()
@@ -92,12 +94,11 @@ class Judge:
     def _local(self, prompts: list[str]) -> list[str]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from medinject.eval.runner import generate
-
         if self._model is None:
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.model)
-                self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model).eval()
+                placement = {"device_map": "auto"} if self.device == "auto" else {"device_map": {"": self.device}}
+                self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model, dtype="auto", **placement).eval()
             except (OSError, ValueError) as err:
                 raise UserError(f"eval.judge.model: cannot load {self.cfg.model!r}: {str(err).splitlines()[0]}") from None
             if self._tokenizer.pad_token is None:

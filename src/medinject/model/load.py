@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 from medinject.model.tiny import ensure_tiny
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,24 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
         return get_peft_model(model, config)
     except ValueError as err:
         raise UserError(f"adapter.target_modules: {str(err).splitlines()[0]}") from None
+
+
+def load_model(cfg: DictConfig):
+    """(tokenizer, the base model with its adapter attached, what results.json records of it)."""
+    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    model = attach_adapter(base, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    trainable, total = parameter_counts(model)
+    log.info("model %s: %d trainable of %d parameters", cfg.model.name, trainable, total)
+    info = {
+        "name": cfg.model.name,
+        "path": cfg.model.path,
+        "adapter": cfg.adapter.name,
+        "method": cfg.adapter.method.value,
+        "quantization": cfg.adapter.quantization.value if cfg.adapter.quantization else None,
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    return tokenizer, model, info
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -17,14 +17,14 @@ class BertScore(evaluate.Metric):
     def _info(self):
         return text_pair_info(
             "Mean BERTScore precision, recall and F1 (greedy cosine matching of token states).",
-            "predictions, references: lists of str; model_path: encoder; layer: hidden layer index",
+            "predictions, references: lists of str; model_path: encoder; layer: hidden layer index; device: where the encoder runs",
         )
 
     @torch.no_grad()
     def _embed(self, texts, tokenizer, model, layer, batch_size):
         states = []
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, return_special_tokens_mask=True)
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, return_special_tokens_mask=True).to(model.device)
             special = batch.pop("special_tokens_mask").bool()
             hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
             hidden = torch.nn.functional.normalize(hidden.float(), dim=-1)
@@ -32,14 +32,14 @@ class BertScore(evaluate.Metric):
             states.extend(hidden[i][keep[i]] for i in range(hidden.shape[0]))
         return states
 
-    def _compute(self, predictions, references, model_path=None, layer=-1, batch_size=16):
+    def _compute(self, predictions, references, model_path=None, layer=-1, batch_size=16, device="cpu"):
         if not model_path:
             raise ValueError("bertscore needs model_path (a local folder or hub id of an encoder)")
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModel.from_pretrained(model_path).eval()
+        model = AutoModel.from_pretrained(model_path).eval().to(device)
         preds = self._embed(list(predictions), tokenizer, model, layer, batch_size)
         refs = self._embed(list(references), tokenizer, model, layer, batch_size)
         precision = recall = f1 = 0.0

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import get_cosine_schedule_with_warmup
 
-from medinject.data.module import TOKEN_COUNTS, token_counts
+from medinject.train.datamodule import TOKEN_COUNTS, token_counts
 from medinject.model.attention import use_varlen_attention
 
 

@@ -10,7 +10,7 @@ submitit local or SLURM), and then, whatever happened:
 * builds the comparison report (`medinject.report`) from the runs that completed;
 * fails the command (exit status 1, one line on stderr) when any job did not complete.
 
-With `dry_run=true` it launches nothing: `medinject.plan` prints what each job would do instead.
+With `dry_run=true` it launches nothing: `medinject.sweep.plan` prints what each job would do instead.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from medinject.errors import UserError, one_line
-from medinject.io import write_json_atomic
+from medinject.util.errors import UserError, one_line
+from medinject.util.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class SweeperWithSummary(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         if self.config.dry_run:  # plans only: nothing is written to the sweep dir, nothing launched
-            from medinject.plan import print_plans
+            from medinject.sweep.plan import print_plans
 
             try:
                 print_plans([self._job_config(job) for batch in self.overrides for job in batch])
@@ -74,6 +74,7 @@ class SweeperWithSummary(BasicSweeper):
 
         jobs: list[dict] = []
         returns: list[Sequence[JobReturn]] = []
+        watch = self._watch_pending()
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
@@ -86,7 +87,11 @@ class SweeperWithSummary(BasicSweeper):
             returns.append([r for r in results if r is not None])
             jobs += [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
 
+        if watch is not None:
+            watch.stop()
         summary = write_summary(sweep_dir, jobs)
+        if watch is not None and watch.reason:
+            _exit(1, watch.reason)
         baseline = self.config.report.baseline
         _build_report(sweep_dir, baseline if any(job["data"] == baseline for job in jobs) else None)
         bad = [job for job in jobs if job["status"] in ("failed", "missing")]
@@ -94,6 +99,17 @@ class SweeperWithSummary(BasicSweeper):
             names = ", ".join(f"{' '.join(job['overrides'])} ({job['status']})" for job in bad)
             _exit(1, f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
         return returns
+
+    def _watch_pending(self):
+        """On SLURM: a watch that stops the sweep when the cluster will never start its jobs."""
+        launcher = self.config.hydra.launcher
+        if "SlurmLauncher" not in str(launcher.get("_target_", "")):
+            return None
+        from medinject.sweep.pending import NeverStartsWatch
+
+        watch = NeverStartsWatch(Path(str(launcher.submitit_folder)).parent)
+        watch.start()
+        return watch
 
     def _job_config(self, overrides: Sequence[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -136,8 +152,8 @@ def write_summary(sweep_dir: Path, jobs: list[dict]) -> dict:
 def _build_report(sweep_dir: Path, baseline: str | None) -> None:
     """The report and the W&B dashboard specification are readings of the results; a problem building
     them must not hide the sweep's outcome."""
-    from medinject.dashboard import SPEC, build_spec
-    from medinject.report import build_report
+    from medinject.report.dashboard import SPEC, build_spec
+    from medinject.report.build import build_report
 
     try:
         log.info("report: %s", build_report(sweep_dir, baseline=baseline))
@@ -145,7 +161,7 @@ def _build_report(sweep_dir: Path, baseline: str | None) -> None:
         log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", one_line(err), sweep_dir)
     try:
         write_json_atomic(sweep_dir / SPEC, build_spec(sweep_dir))
-        log.info("W&B dashboard specification: %s (publish: python -m medinject.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
+        log.info("W&B dashboard specification: %s (publish: python -m medinject.report.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("the dashboard specification could not be built: %s", one_line(err))
 

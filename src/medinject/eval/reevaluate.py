@@ -1,4 +1,4 @@
-"""Re-evaluate a trained run without training: `python -m medinject.evaluate <run dir> [key=value ...]`.
+"""Re-evaluate a trained run without training: `python -m medinject.eval <run dir> [key=value ...]`.
 
 The run's saved config and adapter are loaded, the overrides (dot-list, e.g.
 `eval.judge.backend=openai eval.judge.base_url=http://host:8000/v1 eval.judge.model=NAME`) applied,
@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from medinject.config import RunConfig
-from medinject.errors import UserError
-from medinject.io import write_json_atomic, write_jsonl_atomic
+from medinject.util.errors import UserError
+from medinject.util.io import write_json_atomic, write_jsonl_atomic
 
-log = logging.getLogger("medinject.evaluate")
+log = logging.getLogger("medinject.eval")
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
@@ -30,7 +30,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
     from medinject.model.load import load_tokenizer_and_model
-    from medinject.secrets import redact
+    from medinject.util.device import default_device
+    from medinject.util.secrets import redact
 
     results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
     for path in (results_path, config_path, adapter / "adapter_config.json"):
@@ -46,20 +47,22 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     cfg.paths.output_dir = str(run_dir)
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
-    model = PeftModel.from_pretrained(base, str(adapter))
+    device = cfg.eval.device or default_device(cfg.trainer.accelerator)
+    model = PeftModel.from_pretrained(base, str(adapter)).to(device)
     test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
     started = time.perf_counter()
-    metrics, predictions = Evaluator(cfg).run(model, tokenizer, eval_items(cfg, test_rows))
+    metrics, predictions = Evaluator(cfg, device=device).run(model, tokenizer, eval_items(cfg, test_rows))
     write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)
     results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
     results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)
+    results.setdefault("devices", {})["eval"] = device
     results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
     write_json_atomic(results_path, redact(results))
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medinject.evaluate", description="Re-evaluate a trained run.")
+    parser = argparse.ArgumentParser(prog="python -m medinject.eval", description="Re-evaluate a trained run.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
@@ -73,5 +76,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}\t{value:.4f}")
 
 
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The sweep's W&B dashboard: `python -m medinject.dashboard <sweep dir> [--publish]`.
+"""The sweep's W&B dashboard: `python -m medinject.report.dashboard <sweep dir> [--publish]`.
 
 One W&B report per sweep, built with `wandb-workspaces`: a run set filtered on the sweep's W&B group
 and grouped by `job_type` (the data config), one bar chart per reported metric (mean over seeds with
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from medinject.errors import UserError
-from medinject.io import write_json_atomic
+from medinject.util.errors import UserError
+from medinject.util.io import write_json_atomic
 
 
 SPEC = "dashboard.json"
@@ -30,7 +30,7 @@ SKIPPED_SUFFIXES = ("/n", "/n_unparsable")  # counts, not scores
 
 def build_spec(sweep_dir: Path) -> dict:
     """The dashboard of a finished sweep, as plain data: runs' project and group, and the panels."""
-    from medinject.report import load_runs  # the sweep's runs, found the way the report finds them
+    from medinject.report.build import load_runs  # the sweep's runs, found the way the report finds them
 
     sweep_dir = Path(sweep_dir)
     runs = [run for run in load_runs(sweep_dir) if run.status == "completed"]
@@ -95,7 +95,7 @@ def _run_config(run_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medinject.dashboard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medinject.report.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--publish", action="store_true", help="create the report on W&B (needs `wandb login`)")
     parser.add_argument("--entity", help="W&B entity (default: the runs' logger.entity, else your default entity)")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.sweep_dir / SPEC, spec)
         print(f"dashboard specification: {args.sweep_dir / SPEC} ({len(spec['panels']) - 1} metric panels, group {spec['group']!r})")
         if not args.publish:
-            print(f"to publish: `wandb sync {args.sweep_dir}/*/wandb/offline-run-*` then `python -m medinject.dashboard {args.sweep_dir} --publish`")
+            print(f"to publish: `wandb sync {args.sweep_dir}/*/wandb/offline-run-*` then `python -m medinject.report.dashboard {args.sweep_dir} --publish`")
             return 0
         report = to_report(spec, args.entity)
         report.save()

@@ -13,6 +13,7 @@ import re
 _SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 _MIN_LENGTH = 6  # shorter values are too likely to occur by chance ("1", "true")
 MASK = "***"
+TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".jinja", ".md", ".csv", ".log")
 
 
 def secret_values() -> list[str]:
@@ -32,3 +33,4 @@ def redact(obj, secrets: list[str] | None = None):
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v, secrets) for v in obj)
     return obj
+

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 
 from medinject.config import Batching, Overlong, to_container
 from medinject.data.prompts import IGNORE_INDEX, answer_frame, prompt_text
-from medinject.data.resumable import EpochBatches, ResumableLoader
+from medinject.train.sampler import EpochBatches, ResumableLoader
 from medinject.data.rows import Example
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Runs are the jobs listed in `sweep_summary.json` when the sweep wrote one, else 
 the sweep dir holding a `results.json`. A run's data config and seed come from its `results.json`
 (then `config.yaml`, then the sweep summary), never from its directory name. Per config and metric:
 mean over seeds and test items with a 95% CI, and the paired difference against the baseline config
-with a p-value (`medinject.stats` says how). Metrics scored per item in `predictions.jsonl` (exact
+with a p-value (`medinject.report.stats` says how). Metrics scored per item in `predictions.jsonl` (exact
 match, Hamming, judge, answer length) are resampled over items and seeds; corpus-level ones (BLEU,
 ROUGE, BERTScore) over seeds only.
 
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medinject.errors import UserError
-from medinject.io import write_bytes_atomic, write_text_atomic
-from medinject.stats import Comparison, Estimate, bootstrap_ci, paired_difference, score_matrix
+from medinject.util.errors import UserError
+from medinject.util.io import write_bytes_atomic, write_text_atomic
+from medinject.report.stats import Comparison, Estimate, bootstrap_ci, paired_difference, score_matrix
 
 log = logging.getLogger(__name__)
 
@@ -651,5 +651,3 @@ def main(argv: list[str] | None = None) -> None:
     print(page)
 
 
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,7 @@
-"""Atomic writes: a reader sees the old file or the complete new one, never a half-written one."""
+"""Atomic writes: a reader sees the old file or the complete new one, never a half-written one.
+
+Text goes through `redact` on its way out: a credential from the environment never reaches a file
+medinject writes, whatever the text (a config, a record, a test item that happens to contain it)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from medinject.util.secrets import TEXT_SUFFIXES, redact, secret_values
 
 _UMASK = os.umask(0)  # the process's umask: reading it means setting it, so put it straight back
 os.umask(_UMASK)
@@ -29,7 +34,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, redact(text).encode("utf-8"))
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
@@ -38,3 +43,18 @@ def write_json_atomic(path: Path, obj: object) -> None:
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def redact_files(folder: Path) -> None:
+    """Mask credentials in the text files another library wrote into `folder` (peft's
+    adapter_config.json, a tokenizer's files), rewriting only those that hold one."""
+    secrets = secret_values()
+    if not secrets:
+        return
+    for path in Path(folder).rglob("*"):
+        if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
+            continue
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        masked = redact(text, secrets)
+        if masked != text:
+            write_bytes_atomic(path, masked.encode("utf-8", errors="surrogateescape"))

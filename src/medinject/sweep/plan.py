@@ -8,7 +8,7 @@ the training data and the test sets (so a wrong path or a bad row fails here too
   when it is on disk, estimated from characters otherwise (`plan.chars_per_token`), and said which;
 * optimizer steps, and GPU-hours at `plan.tokens_per_second` per GPU (a figure to set from a
   measured run; bench/train_throughput.py measures one);
-* the peak GPU memory estimate of `medinject.estimate` (worst case: every example at max length);
+* the peak GPU memory estimate of `medinject.sweep.estimate` (worst case: every example at max length);
 * the sbatch script the SLURM launcher would submit for it.
 
 No model is loaded, nothing is written in the sweep or run directories (the data selection cache
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medinject.errors import UserError
+from medinject.util.errors import UserError
 
 
 @dataclass
@@ -45,8 +45,8 @@ class JobPlan:
 def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one composed job config (with its `hydra` node, as the sweeper composes it)."""
     from medinject.data.prepare import prepare_data
-    from medinject.estimate import estimate_for_run
-    from medinject.identity import run_name
+    from medinject.sweep.estimate import estimate_for_run
+    from medinject.config import run_name
 
     cfg = cfg.copy()
     run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
@@ -127,16 +127,29 @@ def sbatch_script(cfg: DictConfig) -> str | None:
     launcher = cfg.hydra.launcher
     if "SlurmLauncher" not in str(launcher.get("_target_", "")):
         return None
-    import submitit
-
     params = OmegaConf.to_container(launcher, resolve=True)
     params.pop("_target_", None)
-    folder = str(params.pop("submitit_folder")).replace("%j", "<job id>")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    generic = ("timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node", "name", "stderr_to_stdout")
     params.pop("max_num_timeout", None)
-    executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items() if v is not None})
-    return executor._executor._make_submission_file_text("python -u -m submitit.core._submit " + folder, "<uid>")
+    folder = str(params.pop("submitit_folder")).replace("%j", "<job id>")
+    executor = _script_only_executor()(folder=folder)
+    generic = {k: v for k, v in params.items() if k in executor._equivalence_dict() and v is not None}
+    specific = {k: v for k, v in params.items() if k not in generic and v is not None}
+    executor.update_parameters(**executor._convert_parameters(generic), **specific)
+    return executor._make_submission_file_text("python -u -m submitit.core._submit " + folder, "<uid>")
+
+
+def _script_only_executor():
+    """submitit's own SLURM executor, used only to write the sbatch script: the real one refuses to
+    start where `srun` is absent, which is exactly where a user plans a submission (a laptop, a login
+    node without the client)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    class ScriptOnlySlurmExecutor(SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    return ScriptOnlySlurmExecutor
 
 
 def print_plans(job_cfgs: list[DictConfig]) -> None:

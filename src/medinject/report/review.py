@@ -1,7 +1,7 @@
 """Human review of open answers, blinded.
 
-    python -m medinject.review export <sweep or run dirs...> --out review/ [--per-run 20] [--seed 0]
-    python -m medinject.review import review/ratings.csv [--key review/key.csv]
+    python -m medinject.report.review export <sweep or run dirs...> --out review/ [--per-run 20] [--seed 0]
+    python -m medinject.report.review import review/ratings.csv [--key review/key.csv]
 
 `export` samples open answers from every run found under the given directories, shuffles them across
 runs and writes `review.csv` (uid, question, reference, answer, rating — blank) for clinicians, with
@@ -21,8 +21,8 @@ import random
 import sys
 from pathlib import Path
 
-from medinject.errors import UserError
-from medinject.io import write_json_atomic, write_text_atomic
+from medinject.util.errors import UserError
+from medinject.util.io import write_json_atomic, write_text_atomic
 
 REVIEW_FIELDS = ["uid", "question", "reference", "answer", "rating"]
 METRICS = ["judge", "rougeL", "bleu", "answer_words"]
@@ -151,7 +151,7 @@ def import_ratings(ratings_path: Path, key_path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medinject.review", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m medinject.report.review", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     ex = commands.add_parser("export", help="blinded CSV sample of open answers")
     ex.add_argument("paths", nargs="+", type=Path)

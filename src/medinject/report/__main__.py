@@ -1,0 +1,5 @@
+"""`python -m medinject.report <sweep dir>`: the sweep report (see medinject.report.build)."""
+
+from medinject.report.build import main
+
+main()

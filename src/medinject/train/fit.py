@@ -1,0 +1,129 @@
+"""The training stage: tokens and batches -> LightningModule -> `Trainer.fit`, resumable.
+
+`fit()` returns the adapter model back on the device it trained on: Lightning's
+`Strategy.teardown()` moves the module to the CPU when `fit` ends, and everything after training
+(saving, evaluation, the judge) must run where training ran, not on that CPU copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medinject.data.rows import Example
+from medinject.train.callbacks import ProbeLoss, user_callbacks
+from medinject.train.checkpoints import checkpoint_callback, last_checkpoint
+from medinject.train.datamodule import InstructionDataModule
+from medinject.train.lit import AdapterFineTuning
+from medinject.train.loggers import make_loggers
+from medinject.util.io import redact_files, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fitted:
+    model: torch.nn.Module  # the peft model, on `device`
+    device: str  # the trainer's root device, e.g. "cuda:0"
+    is_main: bool  # rank 0: the process that saves, evaluates and writes results
+    loss_start: float
+    loss_end: float
+    optimizer_steps: int
+    tokens: float  # non-pad tokens trained on, all processes together
+    pad: float
+    world_size: int
+    resumed_from_step: int | None
+    tokenized: dict  # tokenization statistics
+    loggers: list
+
+
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """The `L.Trainer` settings of every training run (fit() adds logging, checkpoints and cluster
+    plugins; bench/train_throughput.py uses the same ones)."""
+    t = cfg.trainer
+    return dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,  # EpochBatches shards by rank itself, and stays resumable
+    )
+
+
+def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example], files: dict[str, str], resolved: dict) -> Fitted:
+    _fit_threads_to_allocation()
+    datamodule = InstructionDataModule(cfg, tokenizer, examples, files)
+    datamodule.setup("fit")
+    module = AdapterFineTuning(model, cfg.optim)
+    resume = last_checkpoint(out_dir / "checkpoints")
+    if resume:
+        log.info("resuming from %s (optimizer step %d)", resume[0], resume[1])
+    probe = ProbeLoss(datamodule.probe_dataloader(), out_dir, resuming=resume is not None)
+    loggers = make_loggers(cfg, out_dir, resolved)
+    trainer = L.Trainer(
+        **trainer_arguments(cfg),
+        default_root_dir=str(out_dir),
+        logger=loggers or False,
+        plugins=_cluster_plugins(),
+        callbacks=[checkpoint_callback(out_dir, cfg.trainer.checkpoint_every_n_steps), probe, *user_callbacks(cfg)],
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
+    # every process counted its own share of the data; a collective, so all of them take part
+    tokens, pad = (float(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")) for n in (module.tokens_seen, module.pad_seen))
+    device = trainer.strategy.root_device
+    model.to(device)  # back from the CPU, where Lightning's teardown left it
+    return Fitted(
+        model=model,
+        device=str(device),
+        is_main=trainer.global_rank == 0,
+        loss_start=probe.start,
+        loss_end=probe.end,
+        optimizer_steps=trainer.global_step,
+        tokens=tokens,
+        pad=pad,
+        world_size=trainer.world_size,
+        resumed_from_step=resume[1] if resume else None,
+        tokenized=datamodule.stats,
+        loggers=loggers,
+    )
+
+
+def save_adapter(model, tokenizer, adapter_dir: Path, resolved: dict) -> None:
+    """The trained adapter with its tokenizer and the resolved config; credentials masked in every file."""
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)
+    write_text_atomic(adapter_dir / "medinject_config.yaml", OmegaConf.to_yaml(resolved))
+    redact_files(adapter_dir)
+
+
+def _fit_threads_to_allocation() -> None:
+    """Use the CPUs SLURM gave the job, not every core of the node: several jobs on one node each
+    running a full set of OpenMP threads slow each other down many times over."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
+        torch.set_num_threads(int(cpus))
+
+
+def _cluster_plugins() -> list:
+    """On SLURM, submitit owns the requeue: its USR2 handler requeues a job that nears its time limit
+    or is preempted, and the requeued job resumes from its checkpoint. Lightning's own SLURM requeue
+    (a SIGUSR1 handler calling `scontrol requeue`) is switched off so the two never both act."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
