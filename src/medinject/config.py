@@ -72,6 +72,12 @@ class Overlong(str, Enum):
     drop = "drop"  # leave out every example longer than max_length
 
 
+class Duplicates(str, Enum):
+    drop = "drop"  # keep the first of identical training rows (within or across sources), count the rest
+    keep = "keep"  # train on every copy (counted all the same)
+    error = "error"  # stop at the first duplicate, naming both rows
+
+
 class Batching(str, Enum):
     padding_free = "padding_free"  # a batch's examples concatenated into one row, positions restarting
     padded = "padded"  # right-padded to the longest example of the batch
@@ -123,6 +129,9 @@ class DataConfig:
     name: str = MISSING  # the provenance configuration, e.g. "native+synthetic"
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     on_bad_row: OnBadRow = OnBadRow.error
+    # A row repeated in the files is trained on once per copy: it silently outweighs the others and
+    # makes equal budgets hold unequal amounts of distinct data. Dropped by default, always counted.
+    duplicates: Duplicates = Duplicates.drop
     decontaminate: bool = True  # drop training rows that match a test item (false: only report them)
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     max_length: int = 512  # prompt + answer tokens
@@ -297,6 +306,7 @@ class RunConfig:
     tracking: TrackingConfig = control(factory=TrackingConfig)
     sweep_name: str = control("sweep")  # multirun_outputs/<sweep_name>/ and the W&B group
     skip_completed: bool = control(True)  # a run whose results.json says `completed` is not run again
+    wait_for_lock: bool = control(False)  # another process runs in this directory: wait for it (else stop at once)
     dry_run: bool = control(False)  # multirun: compose and check every job, print its plan, submit nothing
     report: ReportConfig = control(factory=ReportConfig)  # the report built when a multirun ends
     plan: PlanConfig = control(factory=PlanConfig)
@@ -326,6 +336,68 @@ def register() -> None:
         # `${medinject.run_name:}` in hydra.run.dir / hydra.sweep.subdir; `_root_` is the whole job config
         OmegaConf.register_new_resolver("medinject.run_name", lambda *, _root_: run_name(_root_))
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+# Ranges the schema's types cannot express: (key, test, the allowed range as the refusal says it).
+# Checked by `check_settings` before any data or model is loaded.
+_POSITIVE_INT = (lambda v: v >= 1, "an integer >= 1")
+_RANGES = [
+    ("optim.lr", lambda v: v > 0, "a number > 0"),
+    ("optim.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("optim.warmup_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("trainer.batch_size", *_POSITIVE_INT),
+    ("trainer.accumulate_grad_batches", *_POSITIVE_INT),
+    ("trainer.num_nodes", *_POSITIVE_INT),
+    ("trainer.max_steps", lambda v: v == -1 or v >= 1, "-1 (train max_epochs) or an integer >= 1"),
+    ("trainer.gradient_clip_val", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("trainer.log_every_n_steps", *_POSITIVE_INT),
+    ("trainer.checkpoint_every_n_steps", *_POSITIVE_INT),
+    ("trainer.probe_batches", *_POSITIVE_INT),
+    ("adapter.r", *_POSITIVE_INT),
+    ("adapter.alpha", lambda v: v > 0, "a number > 0"),
+    ("adapter.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("adapter.target_modules", lambda v: len(v) >= 1, "at least one module name"),
+    ("data.max_length", lambda v: v >= 8, "an integer >= 8 (prompt + answer tokens)"),
+    ("data.contamination.ngram", *_POSITIVE_INT),
+    ("data.contamination.threshold", lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    ("mix.budget", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("model.model_max_length", lambda v: v >= 8, "an integer >= 8"),
+    ("eval.batch_size", *_POSITIVE_INT),
+    ("eval.max_new_tokens", *_POSITIVE_INT),
+    ("eval.oeq_max_new_tokens", *_POSITIVE_INT),
+    ("eval.limit", lambda v: v is None or v >= 1, "null (every item) or an integer >= 1"),
+    ("eval.length_bins", *_POSITIVE_INT),
+    ("eval.tasks", lambda v: len(v) >= 1, "at least one of mcqu, mcq, oeq"),
+    ("eval.judge.batch_size", *_POSITIVE_INT),
+    ("eval.judge.max_new_tokens", *_POSITIVE_INT),
+    ("eval.judge.timeout_s", lambda v: v > 0, "a number > 0"),
+    ("plan.tokens_per_second", lambda v: v > 0, "a number > 0"),
+    ("plan.chars_per_token", lambda v: v > 0, "a number > 0"),
+]
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse, in one line naming the key and its allowed range, a value that would crash late, be
+    silently ignored, or train nothing; and the combinations no run supports."""
+    from medinject.util.errors import UserError
+
+    for key, allowed, range_text in _RANGES:
+        value = OmegaConf.select(cfg, key)
+        if not allowed(value):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise UserError(f"{key}: {shown!r} is out of range; allowed: {range_text}")
+    t = cfg.trainer
+    if not (t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps >= 1)):
+        raise UserError(f"trainer.max_epochs: {t.max_epochs!r} trains nothing; allowed: an integer >= 1, or -1 with trainer.max_steps >= 1")
+    devices = cfg.trainer.devices
+    if not (devices == "auto" or devices == -1 or (isinstance(devices, int) and devices >= 1) or (OmegaConf.is_list(devices) and len(devices) >= 1)):
+        raise UserError(f"trainer.devices: {devices!r} is out of range; allowed: an integer >= 1, -1, 'auto' or a list of device ids")
+    if cfg.trainer.strategy == "fsdp":
+        raise UserError(
+            "trainer.strategy: fsdp is not supported (saving and evaluating a sharded adapter is untested); "
+            "use trainer=ddp, which trains every adapter on several GPUs"
+        )
 
 
 def control_keys(schema=RunConfig, prefix: str = "") -> list[str]:

@@ -11,20 +11,21 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from medinject.config import to_container
+from medinject.config import check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
 from medinject.eval.runner import eval_items, evaluate_model, model_device
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
-from medinject.util.errors import UserError, one_line
+from medinject.util.errors import Interrupted, one_line
+from medinject.util.lock import ending_signals, run_lock
 from medinject.util.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -36,39 +37,53 @@ def run(cfg: DictConfig) -> dict:
     """Do one run and return its record (what `results.json` holds: status, metrics, data, model,
     devices, inputs, timing).
 
-    `results.json` in `paths.output_dir` always ends up saying how the run ended: `completed` with
-    metrics, or `failed` with the error; never `completed` for a failure. A directory whose run already
-    completed is left as it is (`skip_completed`); one with checkpoints resumes from the last; one whose
-    results or checkpoints came from other input files stops the run with one line."""
+    `results.json` in `paths.output_dir` always ends up saying how the run ended, when the disk allows:
+    `completed` with metrics, `failed` with the error, or `interrupted` (a signal, Ctrl-C, a requeue)
+    with the reason; never `completed` for a failure. One process at a time runs in a directory (a
+    file lock). A directory whose run completed, with its results, predictions and adapter intact, is
+    left as it is (`skip_completed`); one with checkpoints resumes from the last; one whose results or
+    checkpoints came from other input files stops the run with one line."""
     out_dir = Path(cfg.paths.output_dir)
-    inputs = input_hashes(cfg)
-    check_inputs(_read_json(out_dir / INPUTS), inputs, out_dir)
-    if cfg.skip_completed and (done := _completed_record(out_dir)):
-        log.info("%s already completed; skipped (skip_completed=false runs it again)", out_dir)
-        return {**done, "skipped": True}
     main = global_rank() == 0  # with several processes (DDP), the first one speaks for the run
-    if main:
-        write_json_atomic(out_dir / INPUTS, inputs)
-    record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
-                    "inputs": inputs, "timing": {}}
-    started = time.perf_counter()
-    try:
-        record["metrics"] = _execute(cfg, out_dir, record)
-        record["status"] = "completed"
-    except BaseException as err:
-        record["status"] = "failed"
-        record["error"] = one_line(err)
-        raise
-    finally:
-        finish_wandb(failed=record["status"] != "completed")
-        record["timing"]["total"] = round(time.perf_counter() - started, 3)
-        if main:
-            write_json_atomic(out_dir / "results.json", record)
+    with run_lock(out_dir, wait=cfg.wait_for_lock) if main else nullcontext(), ending_signals():
+        done = _trusted_completed_record(out_dir)
+        record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
+                        "inputs": {}, "timing": {}}
+        started = time.perf_counter()
+        try:
+            check_settings(cfg)  # before anything is read or loaded
+            record["inputs"] = input_hashes(cfg)
+            check_inputs(_read_json(out_dir / INPUTS), record["inputs"], out_dir)
+            if cfg.skip_completed and done:
+                log.info("%s already completed; skipped (skip_completed=false runs it again)", out_dir)
+                return {**done, "skipped": True}
+            done = None  # from here on this run writes the directory's results
+            if main:
+                write_json_atomic(out_dir / INPUTS, record["inputs"])
+            record["metrics"] = _execute(cfg, out_dir, record)
+            record["status"] = "completed"
+        except BaseException as err:
+            record["status"] = "interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit)) else "failed"
+            record["error"] = one_line(err)
+            raise
+        finally:
+            finish_wandb(failed=record["status"] != "completed")
+            record["timing"]["total"] = round(time.perf_counter() - started, 3)
+            if main and done is None:  # a completed run's results are never overwritten by a refusal
+                _write_final_record(out_dir, record)
     return record
 
 
+def _write_final_record(out_dir: Path, record: dict) -> None:
+    """results.json, atomically; when the disk refuses even that, the run still ends with the error
+    it had (no half-written file is left: the atomic writer removes its temporary file)."""
+    try:
+        write_json_atomic(out_dir / "results.json", record)
+    except OSError as err:
+        log.error("could not write %s: %s", out_dir / "results.json", err.strerror or err)
+
+
 def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
-    check_settings(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = to_container(cfg)
     main = global_rank() == 0
@@ -88,7 +103,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     with _stage(record, "train"):
         fitted = fit(cfg, out_dir, model, tokenizer, prepared.examples, prepared.manifest["files"], resolved)
         record["data"]["tokenized"] = fitted.tokenized
-        record["train"] = {"resumed_from_step": fitted.resumed_from_step, "world_size": fitted.world_size}
+        record["train"] = {"resumed_from_step": fitted.resumed_from_step, "world_size": fitted.world_size,
+                           "peak_gpu_memory_gib": fitted.peak_gpu_memory_gib}
         record["devices"]["train"] = fitted.device
         if not fitted.is_main:  # the other data-parallel processes are done once training is
             return {}
@@ -110,17 +126,6 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     }
     log_results(cfg, fitted.loggers, metrics, fitted.optimizer_steps, predictions)
     return metrics
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """Cheap checks of values the schema cannot express, before anything is loaded."""
-    if cfg.trainer.max_steps == 0:
-        raise UserError("trainer.max_steps: 0 trains nothing; use -1 for max_epochs or a positive number")
-    if cfg.trainer.strategy == "fsdp":
-        raise UserError(
-            "trainer.strategy: fsdp is not supported (saving and evaluating a sharded adapter is untested); "
-            "use trainer=ddp, which trains every adapter on several GPUs"
-        )
 
 
 def _data_record(cfg: DictConfig, prepared: PreparedData) -> dict:
@@ -151,9 +156,40 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _completed_record(out_dir: Path) -> dict | None:
+def _trusted_completed_record(out_dir: Path) -> dict | None:
+    """The directory's completed record, when what a completed run leaves is all there and readable:
+    results, predictions and the adapter. Otherwise None (the run is done again: it resumes from its
+    last checkpoint, i.e. saves and evaluates again), with a line saying why."""
     record = _read_json(out_dir / "results.json")
-    return record if record and record.get("status") == "completed" else None
+    if not record or record.get("status") != "completed":
+        return None
+    problem = _missing_outputs(out_dir, record)
+    if problem:
+        log.warning("%s says completed, but %s; running it again", out_dir, problem)
+        return None
+    return record
+
+
+def _missing_outputs(out_dir: Path, record: dict) -> str | None:
+    from safetensors import safe_open
+
+    evaluated = sum(v for k, v in record.get("metrics", {}).items() if k.startswith("eval/") and k.endswith("/n"))
+    try:
+        lines = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return "predictions.jsonl is missing or damaged"
+    if len(lines) != evaluated:
+        return f"predictions.jsonl has {len(lines)} of its {evaluated:.0f} items"
+    adapter = out_dir / "adapter"
+    if _read_json(adapter / "adapter_config.json") is None:
+        return "adapter/adapter_config.json is missing or damaged"
+    try:
+        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
+            for name in weights.keys():
+                weights.get_slice(name)
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types for missing and damaged files
+        return "adapter/adapter_model.safetensors is missing or damaged"
+    return None
 
 
 @contextmanager

@@ -23,6 +23,7 @@ import pyarrow as pa
 from omegaconf import DictConfig
 
 from medinject.config import conf_dir, to_container
+from medinject.data.duplicates import handle_duplicates
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
 from medinject.data.rows import Example, Rows
@@ -33,7 +34,7 @@ from medinject.util.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "selection-v2"  # bump when the selection logic changes
+CACHE_VERSION = "selection-v3"  # bump when the selection logic changes
 
 
 @dataclass
@@ -63,6 +64,7 @@ def _source_fingerprint(cfg: DictConfig) -> dict:
         "test_sets": to_container(cfg.eval.test_sets),
         "medinjection": cfg.paths.medinjection,
         "on_bad_row": cfg.data.on_bad_row.value,
+        "duplicates": cfg.data.duplicates.value,
         "decontaminate": cfg.data.decontaminate,
         "contamination": to_container(cfg.data.contamination),
         "mix": to_container(cfg.mix),
@@ -126,6 +128,11 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         log.info("selection cache hit: %s", cache)
         return _read_cache(cache)
     train, tests, files, skipped = _load_all(cfg)
+    train, duplicates = handle_duplicates(train, cfg.data.duplicates)
+    for name, found in duplicates.items():
+        if found["within_source"] or found["across_sources"]:
+            log.warning("source %s: %d duplicate rows within it, %d of another source's rows (data.duplicates=%s)",
+                        name, found["within_source"], found["across_sources"], found["action"])
 
     pa.default_memory_pool().release_unused()  # what reading the files left in Arrow's pool
     params = cfg.data.contamination
@@ -149,7 +156,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     manifest = {
         "data_config": cfg.data.name,
         "sources": {
-            name: {"rows": len(train[name]), "skipped_bad_rows": skipped[name]} for name in sorted(train)
+            name: {"rows": len(train[name]), "skipped_bad_rows": skipped[name], "duplicates": duplicates[name]}
+            for name in sorted(train)
         },
         "test_sets": {name: {"rows": len(rows), "by_type": dict(Counter(r.type for r in rows))} for name, rows in sorted(tests.items())},
         "mix": to_container(cfg.mix),

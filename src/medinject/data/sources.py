@@ -56,7 +56,7 @@ def _expand(specs: list[str], suffixes: tuple[str, ...], key: str) -> list[Path]
     if not specs:
         raise UserError(f"{key}: no files given")
     found: list[Path] = []
-    for spec in specs:
+    for spec in dict.fromkeys(specs):  # a file or folder listed twice is read once
         path = Path(spec).expanduser()
         if path.is_file():
             found.append(path)
@@ -67,7 +67,8 @@ def _expand(specs: list[str], suffixes: tuple[str, ...], key: str) -> list[Path]
             found.extend(inside)
         else:
             raise UserError(f"{key}: file not found: {path}")
-    return found
+    unique = {p.resolve(): p for p in reversed(found)}  # the same file reached twice (a folder and a file in it)
+    return [p for p in found if unique.get(p.resolve()) is p]
 
 
 def _rename(raw: object, columns: dict[str, str]) -> object:
@@ -81,24 +82,36 @@ def _rename(raw: object, columns: dict[str, str]) -> object:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[object, int]]:
-    """(row, 1-based row number) from a JSON Lines file, or a .json file holding a list of rows."""
+    """(row, 1-based row number) from a JSON Lines file, or a .json file holding a list of rows.
+    Files are UTF-8 (a byte-order mark is tolerated); anything else is refused, naming the file."""
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise UserError(_not_utf8(path, err)) from None
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
         yield from ((row, i) for i, row in enumerate(data, start=1))
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield json.loads(text), number
-            except json.JSONDecodeError as err:
-                yield BadRow(f"{path}:{number}", f"not valid JSON ({err.msg} at column {err.colno})"), number
+    number = 0
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    yield json.loads(text), number
+                except json.JSONDecodeError as err:
+                    yield BadRow(f"{path}:{number}", f"not valid JSON ({err.msg} at column {err.colno})"), number
+    except UnicodeDecodeError as err:
+        raise UserError(_not_utf8(path, err, after_row=number)) from None
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError, after_row: int = 0) -> str:
+    where = f" after row {after_row}" if after_row else ""
+    return f"{path}: not UTF-8 text (undecodable byte 0x{err.object[err.start]:02x}{where}); save the file as UTF-8"
 
 
 def _parquet_rows(path: Path, origin: str | None, columns: dict[str, str]) -> Iterator[tuple[object, int]]:

@@ -9,7 +9,6 @@ and the evaluation runs again. `predictions.jsonl` is replaced and the `eval/...
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from medinject.config import RunConfig
-from medinject.util.errors import UserError
-from medinject.util.io import write_json_atomic, write_jsonl_atomic
+from medinject.util.errors import UserError, one_line
+from medinject.util.io import read_json, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("medinject.eval")
 
@@ -37,7 +36,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     for path in (results_path, config_path, adapter / "adapter_config.json"):
         if not path.exists():
             raise UserError(f"{run_dir}: not a trained run directory ({path.name} missing)")
-    results = json.loads(results_path.read_text(encoding="utf-8"))
+    results = read_json(results_path)
     if results.get("status") != "completed":
         raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
     try:
@@ -48,7 +47,10 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     device = cfg.eval.device or default_device(cfg.trainer.accelerator)
-    model = PeftModel.from_pretrained(base, str(adapter)).to(device)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter)).to(device)
+    except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
+        raise UserError(f"{adapter}: cannot load the adapter ({one_line(err)}); the files are damaged") from None
     test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
     started = time.perf_counter()
     metrics, predictions = Evaluator(cfg, device=device).run(model, tokenizer, eval_items(cfg, test_rows))

@@ -39,8 +39,8 @@ def build_spec(sweep_dir: Path) -> dict:
     metrics = {k for run in runs for k in run.metrics if k.startswith("eval/") and not k.endswith(SKIPPED_SUFFIXES)}
     metrics.add("train/probe_loss_end")
     cfg = _run_config(runs[0].run_dir)
-    logger_cfg = cfg.get("logger", {})
-    group = logger_cfg.get("group") or cfg.get("sweep_name") or sweep_dir.name
+    logger_cfg = (cfg.get("logger") or {}).get("wandb") or {}
+    group = (cfg.get("tracking") or {}).get("group") or cfg.get("sweep_name") or sweep_dir.name
     return {
         "version": SPEC_VERSION,
         "title": f"medinject: {group}",
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medinject.report.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--publish", action="store_true", help="create the report on W&B (needs `wandb login`)")
-    parser.add_argument("--entity", help="W&B entity (default: the runs' logger.entity, else your default entity)")
+    parser.add_argument("--entity", help="W&B entity (default: the runs' logger.wandb.entity, else your default entity)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # what it did is printed below
     try:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from medinject.util.errors import UserError
-from medinject.util.io import write_json_atomic, write_text_atomic
+from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 REVIEW_FIELDS = ["uid", "question", "reference", "answer", "rating"]
 METRICS = ["judge", "rougeL", "bleu", "answer_words"]
@@ -56,9 +56,8 @@ def export(paths: list[Path], out: Path, per_run: int, seed: int) -> int:
     rng = random.Random(seed)
     picked = []
     for run in _runs(paths):
-        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-        lines = (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-        answers = [p for p in map(json.loads, lines) if p["task"] == "oeq"]
+        results = read_json(run / "results.json")
+        answers = [p for p in read_jsonl(run / "predictions.jsonl") if p.get("task") == "oeq"]
         for record in rng.sample(answers, min(per_run, len(answers))):
             picked.append((run, results["data"]["config"], results["data"].get("seed"), record))
     rng.shuffle(picked)
@@ -120,9 +119,19 @@ def import_ratings(ratings_path: Path, key_path: Path) -> dict:
         if not path.is_file():
             raise UserError(f"{path}: file not found")
         with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+            reader = csv.DictReader(handle, strict=True)  # strict: a broken quote is an error, not one long field
+            try:
+                return list(reader)
+            except csv.Error as err:
+                raise UserError(f"{path}:{reader.line_num}: not valid CSV ({err}); the file is damaged") from None
+            except UnicodeDecodeError:
+                raise UserError(f"{path}: not UTF-8 text") from None
 
-    key = {row["uid"]: row for row in read(key_path)}
+    key = {}
+    for line, row in enumerate(read(key_path), start=2):
+        if (row.get("judge") or "") not in ("", "0", "1"):
+            raise UserError(f"{key_path}:{line}: field 'judge': {row['judge']!r} is not 0, 1 or empty")
+        key[row.get("uid")] = row
     pairs = []
     for line, row in enumerate(read(ratings_path), start=2):
         rating = (row.get("rating") or "").strip()

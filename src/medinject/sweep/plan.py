@@ -46,8 +46,9 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one composed job config (with its `hydra` node, as the sweeper composes it)."""
     from medinject.data.prepare import prepare_data
     from medinject.sweep.estimate import estimate_for_run
-    from medinject.config import run_name
+    from medinject.config import check_settings, run_name
 
+    check_settings(cfg)
     cfg = cfg.copy()
     run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
     with open_dict(cfg):

@@ -41,6 +41,7 @@ class Fitted:
     resumed_from_step: int | None
     tokenized: dict  # tokenization statistics
     loggers: list
+    peak_gpu_memory_gib: float | None  # torch's peak allocated memory on the training GPU (None on CPU)
 
 
 def trainer_arguments(cfg: DictConfig) -> dict:
@@ -87,6 +88,7 @@ def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example
     # every process counted its own share of the data; a collective, so all of them take part
     tokens, pad = (float(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")) for n in (module.tokens_seen, module.pad_seen))
     device = trainer.strategy.root_device
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     model.to(device)  # back from the CPU, where Lightning's teardown left it
     return Fitted(
         model=model,
@@ -101,6 +103,7 @@ def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example
         resumed_from_step=resume[1] if resume else None,
         tokenized=datamodule.stats,
         loggers=loggers,
+        peak_gpu_memory_gib=peak,
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
-from medinject.util.errors import UserError
+from medinject.util.errors import Interrupted, UserError
 
 
 def exit_on_user_error(task):
-    """Bad input ends the job with one line on stderr and exit status 2, not a traceback.
-    In a multirun the error is left to Hydra, which records the job as failed and runs the others."""
+    """Bad input ends the job with one line on stderr and exit status 2, not a traceback; so does a
+    write the disk refuses (no space, read-only, no permission). A signal ends it with one line and
+    128 + the signal's number, as a shell would report it. In a multirun the error is left to Hydra,
+    which records the job as failed and runs the others."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
@@ -19,10 +22,29 @@ def exit_on_user_error(task):
         except UserError as err:
             if in_multirun():
                 raise
-            print(f"medinject: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            _exit(2, f"medinject: error: {err}")
+        except OSError as err:
+            if in_multirun() or err.errno not in _DISK_ERRORS:
+                raise
+            _exit(2, f"medinject: error: {err.filename or 'a file'}: {err.strerror}")
+        except Interrupted as err:
+            if in_multirun():
+                raise
+            _exit(128 + err.signum, f"medinject: interrupted: {err}; results.json says so; rerun the same command to resume")
+        except KeyboardInterrupt:
+            if in_multirun():
+                raise
+            _exit(130, "medinject: interrupted (Ctrl-C); results.json says so; rerun the same command to resume")
 
     return wrapper
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _exit(status: int, line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def in_multirun() -> bool:

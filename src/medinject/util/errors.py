@@ -12,3 +12,14 @@ def one_line(err: BaseException) -> str:
     """`Type: first line of the message`, for results.json and sweep summaries."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class Interrupted(BaseException):
+    """A termination signal (SIGTERM, SLURM's preemption) ended the run. A BaseException, like
+    KeyboardInterrupt, so that no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} received")

@@ -58,3 +58,39 @@ def redact_files(folder: Path) -> None:
         masked = redact(text, secrets)
         if masked != text:
             write_bytes_atomic(path, masked.encode("utf-8", errors="surrogateescape"))
+
+
+def read_json(path: Path) -> object:
+    """A JSON file a tool needs; a missing, unreadable or damaged one is one line naming it."""
+    return _parse(path, _read_text(path), json.loads)
+
+
+def read_jsonl(path: Path) -> list:
+    """A JSON Lines file a tool needs, every line parsed; a damaged line is named by its number."""
+    rows = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            rows.append(_parse(f"{path}:{number}", line, json.loads))
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    from medinject.util.errors import UserError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; the file is damaged") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror})") from None
+
+
+def _parse(where, text: str, parse):
+    from medinject.util.errors import UserError
+
+    try:
+        return parse(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); the file is damaged") from None

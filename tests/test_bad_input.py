@@ -1,0 +1,228 @@
+"""A hostile user's inputs and faults, through the real CLI: each ends in exit 2 (or the signal's
+status) with one line naming the key or the file, nothing half-written left; valid but unusual input
+completes with what was cut, skipped or dropped counted."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, compose_cfg
+from medinject.config import check_settings
+from medinject.util.errors import UserError
+
+SAMPLE = ROOT / "src" / "medinject" / "sample_data"
+QUICK = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]")
+
+
+def _cli(*args: str, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _one_line(result: subprocess.CompletedProcess, status: int = 2) -> str:
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+SETTINGS = [
+    ("optim.lr=-0.001", "optim.lr: -0.001 is out of range; allowed: a number > 0"),
+    ("trainer.batch_size=0", "trainer.batch_size: 0 is out of range; allowed: an integer >= 1"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: 0 is out of range; allowed: an integer >= 1"),
+    ("trainer.max_epochs=0", "trainer.max_epochs: 0 trains nothing"),
+    ("data.contamination.threshold=2", "data.contamination.threshold: 2.0 is out of range; allowed: a share in (0, 1]"),
+    ("eval.limit=0", "eval.limit: 0 is out of range; allowed: null (every item) or an integer >= 1"),
+    ("adapter.r=0", "adapter.r: 0 is out of range; allowed: an integer >= 1"),
+    ("adapter.dropout=1.5", "adapter.dropout: 1.5 is out of range"),
+    ("data.max_length=0", "data.max_length: 0 is out of range"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens: 0 is out of range"),
+    ("eval.judge.batch_size=0", "eval.judge.batch_size: 0 is out of range"),
+    ("trainer.strategy=fsdp", "trainer.strategy: fsdp is not supported"),
+]
+
+
+@pytest.mark.parametrize("override, message", SETTINGS)
+def test_out_of_range_settings_are_refused_naming_the_key(override, message):
+    extra = ["trainer.max_steps=-1"] if override.startswith("trainer.max_epochs") else []
+    with pytest.raises(UserError) as err:
+        check_settings(compose_cfg("experiment=smoke", override, *extra))
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=-0.001", "trainer.max_steps=-1 trainer.max_epochs=0", "eval.limit=0"])
+def test_the_cli_refuses_before_loading_anything(tmp_path, override):
+    result = _cli("train.py", *QUICK, *override.split(), f"hydra.run.dir={tmp_path}/run")
+    key = override.split()[-1].split("=")[0]
+    assert _one_line(result).startswith(f"medinject: error: {key}: ")
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and record["timing"].get("data") is None  # nothing was loaded
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------ input files
+
+def _sample_copy(tmp_path: Path) -> Path:
+    data = tmp_path / "sample"
+    shutil.copytree(SAMPLE, data)
+    return data
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "binary"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, encoding):
+    data = _sample_copy(tmp_path)
+    bad = data / "native" / "train" / "mcq.jsonl"
+    text = bad.read_text(encoding="utf-8")
+    bad.write_bytes(text.encode("utf-16") if encoding == "utf-16" else os.urandom(4096))
+    result = _cli("train.py", *QUICK, f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run")
+    assert _one_line(result).startswith(f"medinject: error: {bad}: not UTF-8 text")
+
+
+def test_a_byte_order_mark_is_tolerated_and_a_file_listed_twice_is_read_once(tmp_path):
+    data = _sample_copy(tmp_path)
+    mcq = data / "native" / "train" / "mcq.jsonl"
+    mcq.write_bytes(b"\xef\xbb\xbf" + mcq.read_bytes())
+    folder = data / "native" / "train"
+    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural",
+                  f"data.sources.native.files=[{folder},{folder},{mcq}]", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    rows = sum(1 for f in folder.glob("*.jsonl") for line in f.read_text(encoding="utf-8-sig").splitlines() if line.strip())
+    assert manifest["sources"]["native"]["rows"] == rows
+    assert manifest["sources"]["native"]["duplicates"]["within_source"] == 0  # read once, not read twice and deduplicated
+
+
+@pytest.mark.parametrize("action", ["drop", "keep", "error"])
+def test_a_row_repeated_200_times_is_counted_and_dropped_kept_or_refused(tmp_path, action):
+    data = _sample_copy(tmp_path)
+    mcq = data / "native" / "train" / "mcq.jsonl"
+    lines = mcq.read_text(encoding="utf-8").splitlines()
+    mcq.write_text("\n".join(lines + [lines[0]] * 200) + "\n", encoding="utf-8")
+    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural", f"data.duplicates={action}",
+                  f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run")
+    if action == "error":
+        assert _one_line(result) == (f"medinject: error: {mcq}:{len(lines) + 1}: duplicates {mcq}:1 (same type, instruction, "
+                                     "context and answer); data.duplicates=drop drops such rows, keep keeps them")
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    native = json.loads((tmp_path / "run" / "manifest.json").read_text())["sources"]["native"]
+    assert native["duplicates"] == {"within_source": 200, "across_sources": 0, "action": action}
+    distinct = sum(1 for f in (data / "native" / "train").glob("*.jsonl") for line in f.read_text(encoding="utf-8").splitlines() if line.strip()) - 200
+    assert native["rows"] == distinct + (200 if action == "keep" else 0)
+
+
+# ------------------------------------------------------------------------------------------ ends
+
+def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train.py", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "eval.limit=40",
+            "eval.oeq_max_new_tokens=512", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "adapter" / "adapter_model.safetensors").exists():  # saved: evaluation starts
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:] if process.poll() is not None else "timeout"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("medinject: interrupted: SIGTERM received")
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+    assert not (run_dir / "predictions.jsonl").exists()
+    assert not list(run_dir.glob(".*.tmp"))  # no half-written file
+
+    rerun = _cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+
+
+def test_two_identical_commands_one_trains_the_other_stops_at_once(tmp_path):
+    args = [sys.executable, "train.py", *QUICK, "trainer.max_steps=12", f"hydra.run.dir={tmp_path}/run"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / ".lock.owner").exists():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    second = _cli(*args[1:])
+    assert time.monotonic() - started < 30  # at once: no training, no waiting
+    line = _one_line(second)
+    assert line.startswith(f"medinject: error: {tmp_path}/run: another run is using this directory (pid {first.pid} on ")
+    assert first.wait(timeout=300) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+    assert not [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if "-v" in p.name]
+
+    waited = _cli(*args[1:], "wait_for_lock=true")  # waits, then reports the finished run
+    assert waited.returncode == 0 and "already completed; skipped" in waited.stderr + waited.stdout
+
+
+def test_a_completed_run_whose_adapter_was_deleted_is_not_skipped(tmp_path):
+    args = ["train.py", *QUICK, f"hydra.run.dir={tmp_path}/run"]
+    assert _cli(*args).returncode == 0
+    shutil.rmtree(tmp_path / "run" / "adapter")
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stderr + again.stdout
+    assert "already completed; skipped" not in output and "adapter/adapter_config.json is missing or damaged" in output
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ other tools
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = _cli("train.py", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=2",
+                  "eval.limit=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _damaged_copy(trained_run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def test_evaluate_and_review_export_name_a_truncated_results_file(trained_run, tmp_path):
+    run_dir = _damaged_copy(trained_run, tmp_path)
+    results = run_dir / "results.json"
+    results.write_text(results.read_text()[:100])
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir)))
+    assert line.startswith(f"medinject: error: {results}: not valid JSON")
+    line = _one_line(_cli("-m", "medinject.report.review", "export", str(run_dir), "--out", str(tmp_path / "review")))
+    assert line.startswith(f"medinject: error: {results}: not valid JSON")
+    assert not (tmp_path / "review" / "review.csv").exists()
+
+
+def test_evaluate_names_truncated_adapter_weights(trained_run, tmp_path):
+    run_dir = _damaged_copy(trained_run, tmp_path)
+    weights = run_dir / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir)))
+    assert line.startswith(f"medinject: error: {run_dir / 'adapter'}: cannot load the adapter")
+
+
+def test_review_import_names_a_bad_judge_value_and_a_broken_csv(trained_run, tmp_path):
+    (tmp_path / "key.csv").write_text("uid,judge\nR00001,x\n", encoding="utf-8")
+    (tmp_path / "ratings.csv").write_text("uid,rating\nR00001,1\n", encoding="utf-8")
+    line = _one_line(_cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
+    assert line == f"medinject: error: {tmp_path / 'key.csv'}:2: field 'judge': 'x' is not 0, 1 or empty"
+    (tmp_path / "key.csv").write_text("uid,judge\nR00001,1\n", encoding="utf-8")
+    (tmp_path / "ratings.csv").write_text('uid,rating\nR00001,"1\n', encoding="utf-8")
+    line = _one_line(_cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
+    assert line.startswith(f"medinject: error: {tmp_path / 'ratings.csv'}:") and "not valid CSV" in line
+
+
+@pytest.mark.parametrize("tool", [("-m", "medinject.report"), ("-m", "medinject.report.dashboard"), ("-m", "medinject.eval")])
+def test_every_tool_names_a_missing_directory(tmp_path, tool):
+    line = _one_line(_cli(*tool, str(tmp_path / "nowhere")))
+    assert line.startswith("medinject: error: ") and str(tmp_path / "nowhere") in line
