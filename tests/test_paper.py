@@ -1,8 +1,10 @@
 """The paper-scale study: `experiment=paper` composes the released setup for all seven configurations,
 and its dry run plans the SLURM submission on a CPU machine without the model."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -52,10 +54,16 @@ def test_other_adapters_and_several_gpus_are_one_override_away_and_slurm_asks_fo
     assert OmegaConf.to_container(cpu.hydra.launcher, resolve=True)["gpus_per_node"] == 0
 
 
+def _without_slurm_client() -> dict:
+    """The environment with every PATH folder holding `srun` left out: a laptop planning a submission."""
+    folders = [f for f in os.environ["PATH"].split(os.pathsep) if f and not (Path(f) / "srun").exists()]
+    return {**os.environ, "PATH": os.pathsep.join(folders)}
+
+
 def _dry_run(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", "-m", "experiment=paper", "hydra/launcher=slurm", "dry_run=true", f"hydra.sweep.dir={sweep_dir}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_without_slurm_client(),
     )
 
 
