@@ -28,9 +28,10 @@ REVIEW_FIELDS = ["uid", "question", "reference", "answer", "rating"]
 METRICS = ["judge", "rougeL", "bleu", "answer_words"]
 
 
-def _runs(paths: list[Path]) -> list[Path]:
+def _runs(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """(run directory, its results) of every completed run under `paths`."""
     found = sorted({p.parent for path in paths for p in ([path / "results.json"] if (path / "results.json").exists() else path.rglob("results.json"))})
-    runs = [r for r in found if json.loads((r / "results.json").read_text(encoding="utf-8")).get("status") == "completed"]
+    runs = [(r, results) for r in found if (results := read_json(r / "results.json")).get("status") == "completed"]
     if not runs:
         raise UserError(f"review export: no completed run (results.json) under {', '.join(map(str, paths))}")
     return runs
@@ -55,8 +56,7 @@ def export(paths: list[Path], out: Path, per_run: int, seed: int) -> int:
     bleu = evaluate.load(metric_module("bleu"), keep_in_memory=True)
     rng = random.Random(seed)
     picked = []
-    for run in _runs(paths):
-        results = read_json(run / "results.json")
+    for run, results in _runs(paths):
         answers = [p for p in read_jsonl(run / "predictions.jsonl") if p.get("task") == "oeq"]
         for record in rng.sample(answers, min(per_run, len(answers))):
             picked.append((run, results["data"]["config"], results["data"].get("seed"), record))
