@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from medinject.config import to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
-from medinject.eval.runner import eval_items, evaluate_model, model_device
+from medinject.eval.runner import eval_items, evaluate_model, evaluation_record, model_device
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
@@ -97,6 +97,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     with _stage(record, "eval"):
         model = fitted.model.to(cfg.eval.device) if cfg.eval.device else fitted.model
         record["devices"]["eval"] = model_device(model)
+        record["eval"] = evaluation_record(cfg)  # protocol and judge rubric: what the eval/ numbers mean
         eval_metrics, predictions = evaluate_model(model, tokenizer, cfg, test_items)
         write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
 

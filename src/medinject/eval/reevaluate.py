@@ -28,7 +28,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from peft import PeftModel
 
     from medinject.data.prepare import load_test_sets
-    from medinject.eval.runner import Evaluator, eval_items
+    from medinject.eval.runner import Evaluator, eval_items, evaluation_record
     from medinject.model.load import load_tokenizer_and_model
     from medinject.util.device import default_device
     from medinject.util.secrets import redact
@@ -56,6 +56,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
     results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)
     results.setdefault("devices", {})["eval"] = device
+    results["eval"] = evaluation_record(cfg)
     results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
     write_json_atomic(results_path, redact(results))
     return metrics
