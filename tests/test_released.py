@@ -285,7 +285,7 @@ def _chat(question, options, answer, system=None):
 
 
 def _schema(question, options, answer, type_):
-    context = "\n".join(f"{x}. choix {x.lower()} numéro {i}" for i, x in enumerate(options))
+    context = "\n".join(f"{x}. choix {x.lower()} numéro {i} {question[-12:]}" for i, x in enumerate(options))
     return {"instruction": question, "context": context, "answer": answer, "type": type_, "origin": "native"}
 
 
@@ -300,8 +300,12 @@ def _write_layout(root: Path) -> None:
         tag = "entraînement" if split == "Train" else "examen"
         mcqu, mcq, oeq = [], [], []
         for i in range(n):
-            q = f"Question {tag} {i} sur le cas clinique numéro {i * 7} ?"
-            options_text = "\n".join(f"{x}. proposition {x} {i}" for x in abcd)
+            if split == "Train":
+                q = f"Question {tag} {i} sur le cas clinique numéro {i * 7} ?"
+                options_text = "\n".join(f"{x}. proposition {x} {i}" for x in abcd)
+            else:  # worded apart from the training rows, so decontamination keeps every training row
+                q = f"Question {tag} {i} : que faire devant ce tableau aigu ?"
+                options_text = "\n".join(f"{x}. conduite {x.lower()}{i}" for x in abcd)
             # rows of both shapes in one file: schema rows and chat items
             mcqu.append(_schema(q, abcd, "ABCD"[i % 4], "mcqu") if i % 2 else _chat(f"{q}\n{options_text}", abcd, "ABCD"[i % 4], system="Tu es médecin."))
             mcq.append(_schema(q, abcd, "A, C", "mcq") if i % 2 else _chat(f"{q}\n{options_text}", abcd, ["B", "D"]))
@@ -322,7 +326,11 @@ def test_a_per_source_layout_with_chat_items_loads_trains_and_evaluates(tmp_path
     )
     result = run(cfg)
     assert result["status"] == "completed"
-    assert result["data"]["counts"] == {"native": {"mcq": 8, "mcqu": 8, "oeq": 8}}  # 24 split over the three folders
+    manifest = json.loads((Path(cfg.paths.output_dir) / "manifest.json").read_text())
+    assert manifest["sources"]["native"]["rows"] == 36  # 12 per folder, both row shapes read
+    assert manifest["test_sets"]["native"]["by_type"] == {"mcqu": 3, "mcq": 3, "oeq": 3}
+    counts = result["data"]["counts"]["native"]
+    assert set(counts) == {"mcqu", "mcq", "oeq"} and sum(counts.values()) == 24
     records = _records(cfg.paths.output_dir)
     assert {(r["task"], r["reference"]) for r in records if r["task"] != "oeq"} == {("mcqu", "A"), ("mcqu", "B"), ("mcqu", "C"), ("mcq", "B, D"), ("mcq", "A, C")}
     chat = [r for r in records if r["task"] == "mcqu" and r["source"].endswith(":1")][0]
@@ -331,3 +339,49 @@ def test_a_per_source_layout_with_chat_items_loads_trains_and_evaluates(tmp_path
     oeq = [r for r in records if r["task"] == "oeq"]
     assert [r["reference"] for r in oeq] == ["Réponse examen 0.", "Réponse examen 1.", "Réponse examen 2."]
     assert result["metrics"]["eval/native/oeq/meteor"] >= 0.0
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def test_the_report_puts_both_protocols_side_by_side(tmp_path):
+    import csv
+
+    from medinject.report.build import build_report
+
+    sweep = tmp_path / "sweep"
+    expected = {}
+    for config in ("native", "synthetic"):
+        for seed in (1, 2):
+            for protocol, offset in (("medinject", 0), ("released", 1)):
+                run_dir = sweep / f"{config}-s{seed}-{protocol}"
+                run_dir.mkdir(parents=True)
+                ems = [float((i + seed + offset) % 3 == 0) for i in range(6)]  # per item, differs by protocol
+                items = [{"test_set": "native", "task": "mcqu", "id": f"q{i}", "em": em, "em_constrained": 1.0} for i, em in enumerate(ems)]
+                (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+                metrics = {"eval/native/mcqu/em": sum(ems) / 6, "eval/native/mcqu/em_constrained": 1.0, "eval/native/mcqu/n": 6.0}
+                results = {"status": "completed", "data": {"config": config, "seed": seed}, "metrics": metrics, "eval": {"protocol": protocol, "judge": None}}
+                (run_dir / "results.json").write_text(json.dumps(results))
+                expected.setdefault((config, f"eval/native/mcqu/em@{protocol}"), []).extend(ems)
+    build_report(sweep, baseline="native", n_resamples=100)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    found = {(r["config"], r["metric"]): r for r in rows if r["metric"].startswith("eval/")}
+    for key, ems in expected.items():
+        assert float(found[key]["mean"]) == pytest.approx(sum(ems) / len(ems))  # each protocol's own items
+        assert found[key]["n_seeds"] == "2"
+    metrics_in_order = list(dict.fromkeys(r["metric"] for r in rows if r["metric"].startswith("eval/")))
+    assert metrics_in_order[:2] == ["eval/native/mcqu/em@medinject", "eval/native/mcqu/em@released"]  # side by side
+    assert "eval/native/mcqu/em" not in {r["metric"] for r in rows}
+
+
+def test_a_run_without_wordnet_stops_before_training_with_one_line(smoke_cfg, tmp_path):
+    from medinject.util.errors import UserError
+
+    cfg = smoke_cfg(f"paths.wordnet={tmp_path / 'no-wordnet'}")
+    with pytest.raises(UserError) as err:
+        run(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "wordnet-base" in message and "eval.meteor=false" in message
+    out = Path(cfg.paths.output_dir)
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    assert not (out / "checkpoints").exists() and not (out / "adapter").exists()  # it never trained

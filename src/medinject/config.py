@@ -258,6 +258,7 @@ class EvalConfig:
     max_new_tokens: int = 8  # multiple choice, medinject protocol (released: 1 for mcqu, 2 x options for mcq)
     oeq_max_new_tokens: int = 128  # medinject protocol (released: 512)
     constrained: bool = True  # also decode multiple choice restricted to option letters, separators, EOS
+    meteor: bool = True  # METEOR on open answers (nltk; needs the WordNet 3.0 database at paths.wordnet)
     bertscore_model: Optional[str] = None  # encoder for BERTScore (None: no BERTScore)
     bertscore_layer: int = -1
     length_bins: int = 4  # answer-length quantile bins for the length-controlled judge score

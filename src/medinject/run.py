@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from medinject.config import to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
-from medinject.eval.runner import eval_items, evaluate_model, evaluation_record, model_device
+from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
@@ -80,6 +80,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         if main:
             write_records(prepared, out_dir)
         test_items = eval_items(cfg, prepared.test_rows)
+        check_evaluation(cfg)  # e.g. WordNet for METEOR: fail here, not after training
         record["data"] = _data_record(cfg, prepared)
 
     with _stage(record, "model"):

@@ -55,6 +55,13 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
+def check_evaluation(cfg: DictConfig) -> None:
+    """What the evaluation needs besides the model, checked before a run trains: WordNet for METEOR."""
+    if TaskType.oeq in cfg.eval.tasks and cfg.eval.meteor:
+        if (problem := _load_metric("meteor").missing_wordnet(cfg.paths.wordnet)) is not None:
+            raise UserError(f"{problem}; or eval.meteor=false")
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -102,7 +109,7 @@ class Evaluator:
         self.letter_match = _load_metric("letter_match")
         open_answers = TaskType.oeq in cfg.eval.tasks
         self.bleu, self.rouge = (_load_metric("bleu"), _load_metric("rouge")) if open_answers else (None, None)
-        self.meteor = _load_metric("meteor") if open_answers else None
+        self.meteor = _load_metric("meteor") if open_answers and cfg.eval.meteor else None
         self.bertscore = _load_metric("bertscore") if open_answers and cfg.eval.bertscore_model else None
         self.judge = None
         if cfg.eval.judge.backend != JudgeBackend.none and TaskType.oeq in cfg.eval.tasks:
@@ -163,10 +170,11 @@ class Evaluator:
         references = [item.answer for item in items]
         metrics = dict(self.bleu.compute(predictions=outputs, references=references))
         metrics.update(self.rouge.compute(predictions=outputs, references=references))
-        try:
-            metrics.update(self.meteor.compute(predictions=outputs, references=references, wordnet=self.cfg.paths.wordnet, cache_dir=self.cfg.paths.cache_dir))
-        except FileNotFoundError as err:  # WordNet missing: the module's one line says what to install
-            raise UserError(str(err)) from None
+        if self.meteor is not None:
+            try:
+                metrics.update(self.meteor.compute(predictions=outputs, references=references, wordnet=self.cfg.paths.wordnet, cache_dir=self.cfg.paths.cache_dir))
+            except FileNotFoundError as err:  # WordNet missing: the module's one line says what to install
+                raise UserError(str(err)) from None
         if self.bertscore is not None:
             scores = self.bertscore.compute(
                 predictions=outputs, references=references, model_path=ev.bertscore_model, layer=ev.bertscore_layer, device=self.device

@@ -76,6 +76,8 @@ def wordnet_reader(source: str, cache_dir: str):
 
 
 class Meteor(evaluate.Metric):
+    missing_wordnet = staticmethod(missing_wordnet)  # for a check before a run trains
+
     def _info(self):
         return text_pair_info(
             "Mean METEOR (nltk.translate.meteor_score, WordNet 3.0 synonyms), 0-1.",
