@@ -385,3 +385,24 @@ def test_a_run_without_wordnet_stops_before_training_with_one_line(smoke_cfg, tm
     out = Path(cfg.paths.output_dir)
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
     assert not (out / "checkpoints").exists() and not (out / "adapter").exists()  # it never trained
+
+
+def test_reevaluating_a_run_under_the_released_protocol_records_it(smoke_cfg):
+    import yaml
+
+    from medinject.eval.reevaluate import reevaluate
+
+    cfg = smoke_cfg("trainer.max_steps=2", "eval.tasks=[mcqu]", "eval.limit=3")
+    assert run(cfg)["status"] == "completed"
+    out = Path(cfg.paths.output_dir)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["eval"]["judge"]["rubric"] = saved["eval"]["judge"].pop("medinject_rubric")  # as runs before the choice wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True))
+    before = json.loads((out / "results.json").read_text())
+    assert before["eval"]["protocol"] == "medinject"
+    metrics = reevaluate(out, ["eval.protocol=released"])
+    after = json.loads((out / "results.json").read_text())
+    assert after["eval"]["protocol"] == "released" and after["metrics"]["eval/native/mcqu/em"] == metrics["eval/native/mcqu/em"]
+    records = _records(out)
+    assert all(r["prediction"] == join_letters(parse_letters_released(r["output"], r["options"], single=True)) for r in records)
+    assert all("<|im_start|>system" not in r["prompt"] for r in records)

@@ -40,8 +40,13 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results = json.loads(results_path.read_text(encoding="utf-8"))
     if results.get("status") != "completed":
         raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
+    saved = OmegaConf.load(config_path)
+    judge = saved.get("eval", {}).get("judge", {})
+    if isinstance(judge.get("rubric"), str) and judge.rubric not in ("released", "medinject"):
+        # a run from before eval.judge.rubric named a choice: its value is the French rubric's text
+        judge.medinject_rubric, judge.rubric = judge.rubric, "medinject"
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_path), OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides))
     except Exception as err:  # omegaconf validation errors: one line
         raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
     cfg.paths.output_dir = str(run_dir)

@@ -88,6 +88,16 @@ def read_letters(protocol: EvalProtocol, text: str, item: Example) -> str:
     return join_letters(parse_letters(text, item.options))
 
 
+def item_prompts(cfg: DictConfig, tokenizer, items: list[Example]) -> list[str]:
+    """Each item's prompt under `eval.protocol` (for every generation backend): released, the item's
+    own turns and nothing else; medinject, with `prompt.system` and the task hint of `prompt.task_hints`."""
+    if cfg.eval.protocol == EvalProtocol.released:
+        system, hints = "", {}
+    else:
+        system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
+    return [prompt_text(tokenizer, item, system, hints) for item in items]
+
+
 def evaluation_record(cfg: DictConfig) -> dict:
     """How a run was evaluated, for results.json: the protocol and the judge's rubric."""
     judge = cfg.eval.judge
@@ -199,16 +209,13 @@ class Evaluator:
 
     def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
         """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per item)."""
-        # released: the item's own messages and nothing else; medinject: its system prompt and task hints
-        released = self.cfg.eval.protocol == EvalProtocol.released
-        system, hints = ("", {}) if released else (self.cfg.prompt.system, dict(self.cfg.prompt.task_hints))
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
         records: list[dict] = []
         for set_name, by_task in test_items.items():
             for task, items in by_task.items():
-                prompts = [prompt_text(tokenizer, item, system, hints) for item in items]
+                prompts = item_prompts(self.cfg, tokenizer, items)
                 if task == TaskType.oeq.value:
                     task_metrics, task_records = self._open_answers(model, tokenizer, set_name, items, prompts)
                 else:
