@@ -400,6 +400,9 @@ def test_reevaluating_a_run_under_the_released_protocol_records_it(smoke_cfg):
     (out / "config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True))
     before = json.loads((out / "results.json").read_text())
     assert before["eval"]["protocol"] == "medinject"
+    first = _records(out)  # em_loglik under medinject's protocol too: the argmax of the first-step probabilities
+    assert all(r["prediction_loglik"] == max(r["option_probabilities"], key=r["option_probabilities"].get) for r in first)
+    assert before["metrics"]["eval/native/mcqu/em_loglik"] == pytest.approx(sum(r["em_loglik"] for r in first if r["test_set"] == "native") / 3)
     metrics = reevaluate(out, ["eval.protocol=released"])
     after = json.loads((out / "results.json").read_text())
     assert after["eval"]["protocol"] == "released" and after["metrics"]["eval/native/mcqu/em"] == metrics["eval/native/mcqu/em"]
