@@ -141,14 +141,13 @@ def _chat_item(raw: dict, where: str, type_: str | None = None) -> tuple[dict, t
     for number, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
             raise BadRow(where, f"field 'messages': turn {number} is not {{role, content}} strings")
-    said = lambda role: [t["content"] for t in turns if t["role"] == role]  # noqa: E731
     answer = raw.get("answer")
-    if answer is None:
-        answer = next(iter(said("assistant")), None)
+    if answer is None:  # an open answer's reference: the first assistant message
+        answer = next((t["content"] for t in turns if t["role"] == "assistant"), None)
     if isinstance(answer, list):
         answer = ", ".join(str(a).strip() for a in answer)
     prompt = [{"role": t["role"], "content": t["content"]} for t in turns if t["role"] != "assistant"]
-    row = {"instruction": "\n\n".join(said("user")), "context": "", "answer": answer}
+    row = {"instruction": "\n\n".join(t["content"] for t in turns if t["role"] == "user"), "context": "", "answer": answer}
     if "origin" in raw:
         row["origin"] = raw["origin"]
     classes = raw.get("classes") or []
