@@ -1,5 +1,6 @@
-"""The paper-scale study: `experiment=paper` composes the released setup for all seven configurations,
-and its dry run plans the SLURM submission on a CPU machine without the model."""
+"""The paper-scale study: `experiment=paper` composes the released setup (../shared/study.md) for all
+seven configurations, and its dry run plans the SLURM submission on a CPU machine without the model.
+A shrunk paper run's batches are inspected in test_released.py."""
 
 import os
 import subprocess
@@ -35,10 +36,15 @@ def test_the_paper_experiment_is_the_released_setup_for_every_configuration(data
     assert t.gradient_checkpointing and t.precision == "bf16-mixed" and t.accelerator == "gpu"
     assert (cfg.optim.lr, cfg.optim.warmup_ratio) == (1e-4, 0.05)
     assert cfg.data.max_length == 2048 and cfg.seed == 42
-    assert cfg.mix.strategy.value == "equal_budget" and cfg.mix.budget == 30000
+    assert cfg.mix.strategy.value == "equal_budget" and cfg.mix.budget == 33493
+    assert [task.value for task in cfg.data.train_tasks] == ["mcqu", "mcq"]  # multiple choice only
+    assert cfg.data.completion_only_loss is False  # the loss covers the whole sequence
+    assert cfg.prompt.system == "" and not any(cfg.prompt.task_hints.values())  # the item's own turns only
     assert sorted(cfg.eval.test_sets) == ["native", "translated"]
-    assert [task.value for task in cfg.eval.tasks] == ["mcqu", "mcq", "oeq"]
+    assert [task.value for task in cfg.eval.tasks] == ["mcqu", "mcq", "oeq"]  # open answers evaluated, not trained on
+    assert cfg.eval.protocol.value == "released"
     assert cfg.eval.judge.backend.value == "local" and cfg.eval.judge.model == "google/medgemma-27b-text-it"
+    assert cfg.eval.judge.rubric.value == "released" and cfg.eval.judge.batch_size == 4
     assert cfg.hydra.sweeper.params.data == "glob(*)"  # `-m experiment=paper` sweeps the seven
 
 
@@ -87,7 +93,7 @@ def test_the_dry_run_plans_seven_sbatch_jobs_without_a_model_and_writes_no_run(t
 
 
 def test_a_dry_run_reports_every_job_that_cannot_run_and_fails(tmp_path):
-    result = _dry_run(tmp_path / "paper")  # 30,000 examples per configuration: far more than the sample holds
+    result = _dry_run(tmp_path / "paper")  # 33,493 examples per configuration: far more than the sample holds
     assert result.returncode != 0
     assert result.stdout.count("cannot run:") == 7
     assert "dry run: 7 job(s) cannot run" in result.stdout + result.stderr

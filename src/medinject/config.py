@@ -100,6 +100,7 @@ class PathsConfig:
     sample_data: str = control()  # the bundled sample, shipped inside the package
     medinjection: Optional[str] = None  # a MedInjection-FR download (holds ALL/ or Native/, Synthetic/, Translated/)
     cache_dir: str = control()  # built tiny models and other reusable artefacts
+    wordnet: str = control("/usr/share/wordnet")  # the WordNet 3.0 database METEOR reads (Debian's wordnet-base)
     output_dir: str = control()  # this run's directory (Hydra's run or sweep sub-directory)
 
 
@@ -136,7 +137,9 @@ class DataConfig:
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     max_length: int = 512  # prompt + answer tokens
     overlong: Overlong = Overlong.truncate
-    completion_only_loss: bool = True  # mask prompt tokens out of the loss
+    completion_only_loss: bool = True  # mask prompt tokens out of the loss (false: loss over whole sequences)
+    # task types trained on (rows of other types are left out of the sources before the mix)
+    train_tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu, TaskType.mcq, TaskType.oeq])
     batching: Batching = Batching.padding_free
     group_by_length: bool = True  # padded batching: batches of similar lengths (less padding)
     cache: bool = control(True)  # reuse selections and tokenized sets keyed by content hashes
@@ -220,6 +223,16 @@ class OptimConfig:
     warmup_ratio: float = 0.05  # of the optimizer steps, then cosine decay to 0
 
 
+class EvalProtocol(str, Enum):
+    medinject = "medinject"  # medinject's prompt (system prompt + task hint), letter grammar, lenient letter reading
+    released = "released"  # the study's released evaluation: the item's own messages, strict letter reading
+
+
+class JudgeRubric(str, Enum):
+    medinject = "medinject"  # eval.judge.medinject_rubric: French, one user turn, a few new tokens
+    released = "released"  # the study's released judge: English system prompt, 1 new token, \b[01]\b
+
+
 class JudgeBackend(str, Enum):
     none = "none"
     local = "local"  # a transformers model (local folder or hub id), batched greedy generation
@@ -233,23 +246,28 @@ class JudgeConfig:
     base_url: Optional[str] = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = control("OPENAI_API_KEY")  # openai: the key is read from this variable, never stored
     batch_size: int = 8
-    max_new_tokens: int = 8
+    max_new_tokens: int = 8  # medinject rubric (the released rubric reads 1 token)
     timeout_s: float = control(60.0)
     # local: None puts the judge on the evaluation device; "auto" spreads a large judge over every
     # visible GPU (transformers' device_map="auto"); or a device such as "cuda:1".
     device: Optional[str] = control(None)
-    rubric: str = MISSING  # French instructions; {question}, {reference} and {answer} are filled in
+    rubric: JudgeRubric = JudgeRubric.medinject  # which judge prompt; recorded in results.json
+    medinject_rubric: str = MISSING  # French instructions; {question}, {reference} and {answer} are filled in
 
 
 @dataclass
 class EvalConfig:
     name: str = MISSING
+    # released: the study's released evaluation (prompts, new tokens, allowed tokens, letter rule);
+    # medinject: this project's (see README, "Evaluation"). Recorded in results.json.
+    protocol: EvalProtocol = EvalProtocol.medinject
     test_sets: dict[str, SourceConfig] = field(default_factory=dict)
     tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu, TaskType.mcq, TaskType.oeq])
     batch_size: int = 16
-    max_new_tokens: int = 8  # multiple choice
-    oeq_max_new_tokens: int = 128
+    max_new_tokens: int = 8  # multiple choice, medinject protocol (released: 1 for mcqu, 2 x options for mcq)
+    oeq_max_new_tokens: int = 128  # medinject protocol (released: 512)
     constrained: bool = True  # also decode multiple choice restricted to option letters, separators, EOS
+    meteor: bool = True  # METEOR on open answers (nltk; needs the WordNet 3.0 database at paths.wordnet)
     bertscore_model: Optional[str] = None  # encoder for BERTScore (None: no BERTScore)
     bertscore_layer: int = -1
     length_bins: int = 4  # answer-length quantile bins for the length-controlled judge score
@@ -358,6 +376,7 @@ _RANGES = [
     ("adapter.alpha", lambda v: v > 0, "a number > 0"),
     ("adapter.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("adapter.target_modules", lambda v: len(v) >= 1, "at least one module name"),
+    ("data.train_tasks", lambda v: len(v) >= 1, "at least one of mcqu, mcq, oeq"),
     ("data.max_length", lambda v: v >= 8, "an integer >= 8 (prompt + answer tokens)"),
     ("data.contamination.ngram", *_POSITIVE_INT),
     ("data.contamination.threshold", lambda v: 0 < v <= 1, "a share in (0, 1]"),

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from medinject.config import check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
-from medinject.eval.runner import eval_items, evaluate_model, model_device
+from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
@@ -95,6 +95,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         if main:
             write_records(prepared, out_dir)
         test_items = eval_items(cfg, prepared.test_rows)
+        check_evaluation(cfg)  # e.g. WordNet for METEOR: fail here, not after training
         record["data"] = _data_record(cfg, prepared)
 
     with _stage(record, "model"):
@@ -113,6 +114,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     with _stage(record, "eval"):
         model = fitted.model.to(cfg.eval.device) if cfg.eval.device else fitted.model
         record["devices"]["eval"] = model_device(model)
+        record["eval"] = evaluation_record(cfg)  # protocol and judge rubric: what the eval/ numbers mean
         eval_metrics, predictions = evaluate_model(model, tokenizer, cfg, test_items)
         write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig
 
-from medinject.config import conf_dir, to_container
+from medinject.config import TaskType, conf_dir, to_container
 from medinject.data.duplicates import handle_duplicates
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
@@ -65,6 +65,7 @@ def _source_fingerprint(cfg: DictConfig) -> dict:
         "medinjection": cfg.paths.medinjection,
         "on_bad_row": cfg.data.on_bad_row.value,
         "duplicates": cfg.data.duplicates.value,
+        "train_tasks": sorted(t.value for t in cfg.data.train_tasks),
         "decontaminate": cfg.data.decontaminate,
         "contamination": to_container(cfg.data.contamination),
         "mix": to_container(cfg.mix),
@@ -78,7 +79,7 @@ def _load_all(cfg: DictConfig):
         if src.origin is None:
             raise UserError(f"data.sources.{name}.origin: a training source needs an origin (native, synthetic, translated)")
         loaded = load_source(src, cfg.paths, f"data.sources.{name}", cfg.data.on_bad_row)
-        train[name], skipped[name] = loaded.rows, dict(loaded.skipped)
+        train[name], skipped[name] = _train_tasks_only(loaded.rows, cfg, name), dict(loaded.skipped)
         pa.default_memory_pool().release_unused()
         files.update(loaded.files)
         log.info("source %s: %d rows%s", name, len(loaded.rows), f", {sum(loaded.skipped.values())} bad rows skipped" if loaded.skipped else "")
@@ -86,6 +87,19 @@ def _load_all(cfg: DictConfig):
         tests[name] = loaded.rows
         files.update(loaded.files)
     return train, tests, files, skipped
+
+
+def _train_tasks_only(rows: Rows, cfg: DictConfig, name: str) -> Rows:
+    """The rows of the task types in `data.train_tasks` (the study trains on multiple choice only)."""
+    tasks = {t.value for t in cfg.data.train_tasks}
+    if not tasks:
+        raise UserError("data.train_tasks: empty; list the task types to train on (mcqu, mcq, oeq)")
+    if tasks >= {t.value for t in TaskType}:
+        return rows
+    kept = rows.filter([t in tasks for t in rows.column("type").to_pylist()])
+    if not len(kept):
+        raise UserError(f"data.sources.{name}: no row of the task types in data.train_tasks ({', '.join(sorted(tasks))})")
+    return kept
 
 
 def load_test_sets(cfg: DictConfig) -> dict[str, Loaded]:

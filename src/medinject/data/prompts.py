@@ -2,23 +2,49 @@
 
 Training and evaluation build the prompt with the same function, so a model is always asked a question
 exactly the way it was taught.
+
+The conversation starts from the item's own turns: a chat item's messages (its assistant turns
+removed), or for a schema row one user turn, the instruction then the context (options included)
+separated by a blank line. medinject's protocol adds the configured system prompt (unless the item has
+its own) and the task hint at the end of the last user turn; with no system prompt and no hint (the
+released protocol, `experiment=paper`) the item's own turns are the whole prompt.
 """
 
 from __future__ import annotations
+
+import json
 
 from medinject.data.rows import Example
 
 IGNORE_INDEX = -100  # label value that the causal-LM loss skips
 
 
-def messages(example: Example, system: str, task_hints: dict[str, str]) -> list[dict[str, str]]:
+def own_messages(example: Example) -> list[dict[str, str]]:
+    """The item's own prompt turns: a chat item's messages, or the schema row as one user turn."""
+    if example.messages:
+        return json.loads(example.messages)
     parts = [example.instruction.strip()]
     if example.context.strip():
         parts.append(example.context.strip())
+    return [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+def messages(example: Example, system: str, task_hints: dict[str, str]) -> list[dict[str, str]]:
+    turns = own_messages(example)
     if hint := task_hints.get(example.type, ""):
-        parts.append(hint)
-    turns = [{"role": "user", "content": "\n\n".join(parts)}]
-    return ([{"role": "system", "content": system}] if system else []) + turns
+        last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
+        if last_user is None:
+            turns.append({"role": "user", "content": hint})
+        else:
+            turns[last_user] = {**turns[last_user], "content": f"{turns[last_user]['content'].strip()}\n\n{hint}"}
+    if system and not any(t["role"] == "system" for t in turns):
+        turns = [{"role": "system", "content": system}] + turns
+    return turns
+
+
+def question_text(example: Example) -> str:
+    """What the item asks, as a judge reads it: its user turns (a schema row: instruction, context)."""
+    return "\n\n".join(t["content"].strip() for t in own_messages(example) if t["role"] == "user")
 
 
 def prompt_text(tokenizer, example: Example, system: str, task_hints: dict[str, str]) -> str:

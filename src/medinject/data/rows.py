@@ -2,8 +2,9 @@
 
 A row in the MedInjection-FR schema is `{instruction, context, answer, type, origin}`. Multiple-choice
 rows carry their options as lines `A. ...` at the end of `context` (chat-format items give them as
-`classes` instead); their answer is one letter (`mcqu`) or letters joined by ", " (`mcq`). Every
-problem is reported as `file:row: field 'name': what is wrong`.
+`classes` instead); their answer is one letter (`mcqu`) or letters joined by ", " (`mcq`). A chat item
+keeps its own prompt turns (`messages`, JSON, its assistant turns removed): the released evaluation
+prompts with them. Every problem is reported as `file:row: field 'name': what is wrong`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Example:
     split: str
     file: str
     line: int  # 1-based row number in `file`
+    messages: str = ""  # chat items: their prompt turns as JSON [{role, content}...]; "" for schema rows
 
 
 class BadRow(UserError):
@@ -76,12 +78,13 @@ def make_example(
     origin: str | None,
     type_: str | None = None,
     options: tuple[str, ...] | None = None,
+    messages: str = "",
 ) -> Example:
     """Check one row (already renamed to our field names) and build its record.
 
     `origin` / `type_` fill in rows that lack the column (e.g. per-source files whose folder gives the
     type); a row whose own value disagrees with the source's origin is refused. `options` is given
-    by chat-format items, otherwise read from the context.
+    by chat-format items, otherwise read from the context; `messages` too (their prompt turns, JSON).
     """
     where = f"{file}:{line}"
     if not isinstance(raw, dict):
@@ -133,6 +136,7 @@ def make_example(
         split=split,
         file=file,
         line=line,
+        messages=messages,
     )
 
 
@@ -156,6 +160,7 @@ class Rows:
             ("split", pa.string()),
             ("file", pa.string()),
             ("line", pa.int64()),
+            ("messages", pa.large_string()),
         ]
     )
 

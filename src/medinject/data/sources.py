@@ -3,7 +3,8 @@
 Layouts (`format:` in a source or test-set config, see `SourceFormat`):
   jsonl / parquet       local files in the MedInjection-FR schema, `columns` renames other names
   medinjection_all      `<paths.medinjection>/ALL/**/<split>-*.parquet`, rows picked by their `origin`
-  medinjection_source   `<paths.medinjection>/<subset>/<Split>/<type>/*.json`, type from the folder
+  medinjection_source   `<paths.medinjection>/<subset>/<Split>/<type>/*.json`, type from the folder;
+                        each row a schema row or a chat item (`{messages, classes, answer}`)
   chat_json             JSON lists of `{messages, classes, answer}` evaluation items
   hub                   `datasets.load_dataset(hub_id, hub_config, split=split)`
   auto                  the MedInjection-FR download when `paths.medinjection` is set (ALL/ first,
@@ -138,21 +139,38 @@ def _parquet_rows(path: Path, origin: str | None, columns: dict[str, str]) -> It
         first += size
 
 
-def _chat_item(raw: object) -> tuple[object, tuple[str, ...] | None, str | None]:
-    """A `{messages, classes, answer}` item as a schema row, its options and its task type."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
-        return raw, None, None
-    turns = {m.get("role"): m.get("content") for m in raw["messages"] if isinstance(m, dict)}
-    classes = raw.get("classes") or []
-    answer = raw.get("answer", turns.get("assistant"))
+def is_chat_item(raw: object) -> bool:
+    return isinstance(raw, dict) and isinstance(raw.get("messages"), list)
+
+
+def _chat_item(raw: dict, where: str, type_: str | None = None) -> tuple[dict, tuple[str, ...] | None, str, str]:
+    """A `{messages, classes, answer}` item as (schema row, options, task type, prompt turns as JSON).
+
+    The options are its `classes`; the answer its `answer` ("A, C" or ["A", "C"]), else its first
+    assistant message; the task type `type_` (a per-source folder) or, without one, oeq when it has
+    no classes, mcqu with one gold letter, mcq with several. The prompt turns are its messages
+    without the assistant's (the released evaluation prompts with exactly these)."""
+    turns = raw["messages"]
+    for number, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            raise BadRow(where, f"field 'messages': turn {number} is not {{role, content}} strings")
+    answer = raw.get("answer")
+    if answer is None:  # an open answer's reference: the first assistant message
+        answer = next((t["content"] for t in turns if t["role"] == "assistant"), None)
     if isinstance(answer, list):
-        answer = ", ".join(str(a) for a in answer)
-    row = {"instruction": turns.get("user"), "context": "", "answer": answer}
-    if not classes:
-        return row, None, TaskType.oeq.value
-    letters = [p for p in str(answer or "").replace(" ", "").split(",") if p]
-    type_ = TaskType.mcqu.value if len(letters) == 1 else TaskType.mcq.value
-    return row, tuple(str(c).strip() for c in classes), type_
+        answer = ", ".join(str(a).strip() for a in answer)
+    prompt = [{"role": t["role"], "content": t["content"]} for t in turns if t["role"] != "assistant"]
+    row = {"instruction": "\n\n".join(t["content"] for t in turns if t["role"] == "user"), "context": "", "answer": answer}
+    if "origin" in raw:
+        row["origin"] = raw["origin"]
+    classes = raw.get("classes") or []
+    if not isinstance(classes, list):
+        raise BadRow(where, f"field 'classes': expected a list of option letters, got {type(classes).__name__}")
+    options = tuple(str(c).strip() for c in classes) or None
+    if type_ is None:
+        letters = [p for p in str(answer or "").replace(" ", "").split(",") if p]
+        type_ = TaskType.oeq.value if options is None else TaskType.mcqu.value if len(letters) == 1 else TaskType.mcq.value
+    return row, options, type_, json.dumps(prompt, ensure_ascii=False)
 
 
 def resolve_format(src: DictConfig, paths: DictConfig, key: str) -> SourceFormat:
@@ -210,11 +228,16 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
     pending: list[Example] = []  # checked rows not yet moved into Arrow
     parts: list[Rows] = []
 
-    def take(raw: object, file: str, line: int, type_: str | None = None, options=None) -> None:
+    def take(raw: object, file: str, line: int, type_: str | None = None, chat: bool = False) -> None:
         try:
             if isinstance(raw, BadRow):
                 raise raw
-            pending.append(make_example(_rename(raw, columns), file, line, split, origin, type_, options))
+            options, messages = None, ""
+            if chat and is_chat_item(raw):  # chat_json files, and per-source files row by row
+                raw, options, type_, messages = _chat_item(raw, f"{file}:{line}", type_)
+            elif chat and fmt == SourceFormat.chat_json:
+                raise BadRow(f"{file}:{line}", "field 'messages': missing (a chat_json item is {messages, classes, answer})")
+            pending.append(make_example(_rename(raw, columns), file, line, split, origin, type_, options, messages))
         except BadRow as bad:
             if on_bad_row == OnBadRow.error:
                 raise
@@ -255,10 +278,7 @@ def load_source(src: DictConfig, paths: DictConfig, key: str, on_bad_row: OnBadR
             rows = _parquet_rows(path, origin, columns)
         else:
             rows = _json_rows(path)
+        chat = fmt in (SourceFormat.chat_json, SourceFormat.medinjection_source)
         for raw, line in rows:
-            if fmt == SourceFormat.chat_json:
-                raw, options, chat_type = _chat_item(raw)
-                take(raw, name, line, chat_type, options)
-            else:
-                take(raw, name, line, type_)
+            take(raw, name, line, type_, chat)
     return finish()

@@ -1,5 +1,9 @@
 """Batched greedy decoding with a KV cache: plain generation, and multiple-choice decoding that runs
-greedy and letter-constrained rows of the same prompts in the same forward passes (one prefill)."""
+greedy and letter-constrained rows of the same prompts in the same forward passes (one prefill).
+
+What each protocol allows a constrained answer to hold, and how many new tokens it gets, is decided
+here and nowhere else (`AllowedTokens.for_items`, `new_tokens`): every generation backend asks these.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,25 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from medinject.config import EvalProtocol, TaskType
 from medinject.util.errors import UserError
 
-SEPARATORS = (",", " ", ", ")
+SEPARATORS = (",", " ", ", ")  # medinject: single-token separators only
+RELEASED_SEPARATORS = (",", ", ", " ", ",\n")  # released: the last token of each
+RELEASED_END_MARKS = ("eos", "eot", "im_end")  # released: special tokens whose text holds one of these
+RELEASED_OEQ_NEW_TOKENS = 512
 
 
-class AllowedTokens(LogitsProcessor):
-    """Every token outside each row's allowed set gets -inf: the row can only produce those tokens.
-
-    A small grammar keeps the answer readable by the letter rule: the first step allows only `first`
-    (the option letters), so an answer is never empty, and a letter is always followed by a separator
-    or the end, never by another letter ("AAAA" would be a run of letters the rule cannot read)."""
-
-    def __init__(self, allowed: list[list[int]], first: list[list[int]]):
-        self.first = [sorted(set(ids)) for ids in first]
-        self.allowed = allowed
-        self.after_letter = [sorted(set(a) - set(f)) for a, f in zip(allowed, first)]
-        self.steps = 0
-
-    def mask(self, last: list[int] | None, vocab_size: int, device) -> torch.Tensor:
-        """(rows, vocab) booleans, True where a token is forbidden; `last`: each row's previous token,
-        None at the first step."""
-        mask = torch.ones(len(self.first), vocab_size, dtype=torch.bool, device=device)
-        for row, first in enumerate(self.first):
-            if last is None:
-                ids = first
-            elif last[row] in first:
-                ids = self.after_letter[row]
-            else:
-                ids = self.allowed[row]
-            mask[row, ids] = False
-        return mask
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = self.mask(None if self.steps == 0 else input_ids[:, -1].tolist(), scores.shape[-1], scores.device)
-        self.steps += 1
-        return scores.masked_fill(mask, float("-inf"))
+def new_tokens(protocol: EvalProtocol, task: str, n_options: int, configured: int) -> int:
+    """New tokens an answer may take. Released: 1 for a single answer, 2 per option for several
+    (a letter and a separator each), 512 for an open answer; medinject: the configured number."""
+    if protocol != EvalProtocol.released:
+        return configured
+    if task == TaskType.mcqu.value:
+        return 1
+    if task == TaskType.mcq.value:
+        return 2 * n_options
+    return RELEASED_OEQ_NEW_TOKENS
 
 
 def single_token(tokenizer, text: str) -> int | None:
@@ -50,11 +37,78 @@ def single_token(tokenizer, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def last_token(tokenizer, text: str) -> int:
+    return tokenizer(text, add_special_tokens=False)["input_ids"][-1]
+
+
 def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
+    """The token of each option letter written alone ("A"): where its first-step probability is read."""
     ids = [single_token(tokenizer, letter) for letter in options]
     if None in ids:
         raise UserError(f"eval.constrained: option letter {options[ids.index(None)]!r} is not a single token of this tokenizer")
     return ids
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    """EOS and every special token whose text holds eos / eot / im_end (released allowed set)."""
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in special if any(mark in t.lower() for mark in RELEASED_END_MARKS)}
+    return sorted(ids | {tokenizer.eos_token_id})
+
+
+class AllowedTokens(LogitsProcessor):
+    """Every token outside each row's allowed set gets -inf: the row can only produce those tokens.
+
+    With `first` (medinject's protocol) a small grammar keeps the answer readable by the letter
+    rule: the first step allows only `first` (the option letters), so an answer is never empty, and a
+    letter is always followed by a separator or the end, never by another letter. Without it
+    (released protocol) every step allows the same set."""
+
+    def __init__(self, allowed: list[list[int]], first: list[list[int]] | None = None):
+        self.allowed = [sorted(set(ids)) for ids in allowed]
+        self.first = [sorted(set(ids)) for ids in first] if first is not None else None
+        self.after_letter = [sorted(set(a) - set(f)) for a, f in zip(self.allowed, self.first)] if first is not None else None
+        self.steps = 0
+
+    @classmethod
+    def for_items(cls, tokenizer, options: list[tuple[str, ...]], protocol: EvalProtocol) -> "AllowedTokens":
+        """The allowed tokens of each item (its option letters) under `protocol`.
+
+        released: the last token of "X" and of " X" for each option X, the last token of ",", ", ",
+        " ", ",\\n", and `end_token_ids`; no other rule. medinject: the single-token letters, the
+        single-token separators of SEPARATORS and EOS, with the letter grammar above."""
+        if protocol == EvalProtocol.released:
+            shared = {last_token(tokenizer, s) for s in RELEASED_SEPARATORS} | set(end_token_ids(tokenizer))
+            allowed = [sorted({last_token(tokenizer, text) for x in opts for text in (x, f" {x}")} | shared) for opts in options]
+            return cls(allowed)
+        separators = [t for t in (single_token(tokenizer, s) for s in SEPARATORS) if t is not None]
+        letters = [option_token_ids(tokenizer, opts) for opts in options]
+        return cls([ids + separators + [tokenizer.eos_token_id] for ids in letters], letters)
+
+    def rows(self, indices: list[int]) -> "AllowedTokens":
+        """The same constraint for a subset of the rows, in the order of `indices` (one batch)."""
+        return AllowedTokens([self.allowed[i] for i in indices], [self.first[i] for i in indices] if self.first is not None else None)
+
+    def mask(self, last: list[int] | None, vocab_size: int, device) -> torch.Tensor:
+        """(rows, vocab) booleans, True where a token is forbidden; `last`: each row's previous token,
+        None at the first step."""
+        mask = torch.ones(len(self.allowed), vocab_size, dtype=torch.bool, device=device)
+        for row, allowed in enumerate(self.allowed):
+            if self.first is None:
+                ids = allowed
+            elif last is None:
+                ids = self.first[row]
+            elif last[row] in self.first[row]:
+                ids = self.after_letter[row]
+            else:
+                ids = allowed
+            mask[row, ids] = False
+        return mask
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = self.mask(None if self.steps == 0 else input_ids[:, -1].tolist(), scores.shape[-1], scores.device)
+        self.steps += 1
+        return scores.masked_fill(mask, float("-inf"))
 
 
 def _encoded_batches(tokenizer, prompts: list[str], batch_size: int, device, desc: str):
@@ -66,53 +120,60 @@ def _encoded_batches(tokenizer, prompts: list[str], batch_size: int, device, des
         yield batch, tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
+def _limits(max_new_tokens: int | list[int], n: int) -> list[int]:
+    return list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
+
+
 @torch.no_grad()
 def generate(
     model,
     tokenizer,
     prompts: list[str],
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: int | list[int],
     desc: str,
-    allowed: list[list[int]] | None = None,
-    first: list[list[int]] | None = None,
+    constraint: AllowedTokens | None = None,
 ) -> list[str] | tuple[list[str], list[list[float]]]:
     """Greedy generation in left-padded batches of similar length, outputs in the order of `prompts`.
 
-    With `allowed` (token ids per prompt; `first` for the first step), decoding is constrained to
-    them, and each prompt's raw first-step logits are returned as well."""
+    `max_new_tokens`: one limit for all, or one per prompt (a batch runs to its longest limit and
+    each row is cut at its own: greedy rows do not depend on each other). With `constraint`,
+    decoding is constrained by it and each prompt's raw first-step logits are returned as well. The
+    text is decoded from the generated tokens only, never from the prompt."""
+    limits = _limits(max_new_tokens, len(prompts))
     outputs: list[str] = [""] * len(prompts)
     first_step: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     for batch, encoded in _encoded_batches(tokenizer, prompts, batch_size, device, desc):
         extra = {}
-        if allowed is not None:
+        if constraint is not None:
             extra = {
-                "logits_processor": LogitsProcessorList([AllowedTokens([allowed[i] for i in batch], [first[i] for i in batch])]),
+                "logits_processor": LogitsProcessorList([constraint.rows(batch)]),
                 "output_logits": True,
                 "return_dict_in_generate": True,
             }
         generated = model.generate(
             **encoded,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(limits[i] for i in batch),
             do_sample=False,
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             **extra,
         )
-        sequences = generated.sequences if allowed is not None else generated
-        texts = tokenizer.batch_decode(sequences[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        sequences = generated.sequences if constraint is not None else generated
+        new = sequences[:, encoded["input_ids"].shape[1] :].tolist()
+        texts = tokenizer.batch_decode([new[row][: limits[i]] for row, i in enumerate(batch)], skip_special_tokens=True)
         for row, (i, text) in enumerate(zip(batch, texts)):
             outputs[i] = text
-            if allowed is not None:
+            if constraint is not None:
                 first_step[i] = generated.logits[0][row].float().tolist()
-    return (outputs, first_step) if allowed is not None else outputs
+    return (outputs, first_step) if constraint is not None else outputs
 
 
 @torch.no_grad()
 def decode_choices(
-    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, allowed: list[list[int]], first: list[list[int]], desc: str
+    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int | list[int], constraint: AllowedTokens, desc: str
 ) -> tuple[list[str], list[str], list[list[float]]]:
     """Greedy and constrained decodings of every prompt from one shared prefill.
 
@@ -120,7 +181,9 @@ def decode_choices(
     the KV cache is then duplicated so that row 2i continues greedily and row 2i+1 under the
     constraint, both in the same forward passes. Positions follow left padding the way
     `generate` computes them, so the outputs equal two separate `generate` calls (checked in tests).
+    A row stops at EOS or at its own limit (`max_new_tokens`, one for all or one per prompt).
     Returns (greedy texts, constrained texts, raw first-step logits), in the order of `prompts`."""
+    limits = _limits(max_new_tokens, len(prompts))
     greedy_out, constrained_out = [""] * len(prompts), [""] * len(prompts)
     first_logits: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
@@ -135,18 +198,19 @@ def decode_choices(
         cache.batch_repeat_interleave(2)
         attention = attention.repeat_interleave(2, dim=0)
         logits = logits.repeat_interleave(2, dim=0)
+        row_limits = torch.tensor([limits[i] for i in batch], device=device).repeat_interleave(2)
         constrained_rows = torch.arange(logits.shape[0], device=device) % 2 == 1
-        grammar = AllowedTokens([allowed[i] for i in batch], [first[i] for i in batch])
+        grammar = constraint.rows(batch)
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
         steps = []
-        for step in range(max_new_tokens):
+        for step in range(int(row_limits.max())):
             mask = grammar.mask(steps[-1][constrained_rows].tolist() if steps else None, logits.shape[-1], device)
             scores = logits.clone()
             scores[constrained_rows] = scores[constrained_rows].masked_fill(mask, float("-inf"))
             chosen = scores.argmax(dim=-1).masked_fill(finished, pad)
             steps.append(chosen)
-            finished |= chosen == eos
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            finished |= (chosen == eos) | (row_limits <= step + 1)
+            if bool(finished.all()):
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             out = model(

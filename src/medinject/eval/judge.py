@@ -4,7 +4,14 @@ Verdicts are 1, 0, or None when the judge's output cannot be read; None is count
 never scored as 0. Two backends: a local transformers model (batched greedy generation) and an
 OpenAI-compatible chat-completions endpoint (key read from an environment variable at call time,
 never written anywhere). Verdicts are cached in `<cache_dir>/judge/verdicts.jsonl`, keyed by a hash
-of (question, reference, answer, judge, rubric), so re-evaluating does not pay twice.
+of (the judge's messages, judge, new tokens), so re-evaluating does not pay twice.
+
+Two rubrics (`eval.judge.rubric`): `medinject`, a French rubric in one user turn (the text is
+`eval.judge.medinject_rubric`), read from the start of the output; and `released`, the study's
+released judge: an English system prompt, a `Question / Candidate_answer / Ground_truth` user turn,
+1 new token, the verdict the first match of `\b[01]\b`, else of `[01]`. Either way only the
+generated tokens are decoded (the released script cut outputs at the unpadded prompt length, which
+under left padding reads the prompt's tail; medinject's `generate` slices at the padded width).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medinject.config import JudgeBackend
+from medinject.config import JudgeBackend, JudgeRubric
 from medinject.eval.decoding import generate
 from medinject.util.errors import UserError
 
@@ -34,6 +41,29 @@ def parse_verdict(text: str) -> int | None:
     """1 or 0 when the output starts with it (after spaces or punctuation), else None."""
     match = _VERDICT.match(text.strip())
     return int(match.group(1)) if match else None
+
+
+# The released judge, in our words from its description (../shared/study.md): English, 1 new token.
+RELEASED_SYSTEM_PROMPT = (
+    "You are a medical evaluator. Judge whether a candidate answer to a medical question is equivalent "
+    "to the ground truth answer. Score 1 if it is equivalent: it covers the essential information the "
+    "ground truth expects; different wording, or details added or missing, are fine as long as the "
+    "answer would still be acceptable. Score 0 if it is not equivalent. Return only the score, 1 or 0."
+)
+RELEASED_NEW_TOKENS = 1
+_RELEASED_VERDICTS = (re.compile(r"\b[01]\b"), re.compile(r"[01]"))
+
+
+def released_user_turn(question: str, reference: str, answer: str) -> str:
+    return f"Question: {question}\nCandidate_answer: {answer}\nGround_truth: {reference}"
+
+
+def parse_verdict_released(text: str) -> int | None:
+    """The first match of \\b[01]\\b, else of [01], else None (unparsable)."""
+    for pattern in _RELEASED_VERDICTS:
+        if match := pattern.search(text):
+            return int(match.group(0))
+    return None
 
 
 def judge_id(cfg: DictConfig) -> str:
@@ -67,31 +97,49 @@ class Judge:
                 cache[entry["key"]] = entry
         return cache
 
-    def _key(self, question: str, reference: str, answer: str) -> str:
-        parts = json.dumps([question, reference, answer, self.id, self.cfg.rubric], ensure_ascii=False)
+    @property
+    def released(self) -> bool:
+        return self.cfg.rubric == JudgeRubric.released
+
+    @property
+    def max_new_tokens(self) -> int:
+        return RELEASED_NEW_TOKENS if self.released else self.cfg.max_new_tokens
+
+    def parse(self, output: str) -> int | None:
+        return parse_verdict_released(output) if self.released else parse_verdict(output)
+
+    def _key(self, messages: list[dict[str, str]]) -> str:
+        parts = json.dumps([messages, self.id, self.max_new_tokens], ensure_ascii=False)
         return hashlib.sha256(parts.encode()).hexdigest()
 
-    def prompt(self, question: str, reference: str, answer: str) -> str:
-        return self.cfg.rubric.format(question=question, reference=reference, answer=answer)
+    def messages(self, question: str, reference: str, answer: str) -> list[dict[str, str]]:
+        """The judge's conversation for one answer, under the configured rubric."""
+        if self.released:
+            return [
+                {"role": "system", "content": RELEASED_SYSTEM_PROMPT},
+                {"role": "user", "content": released_user_turn(question, reference, answer)},
+            ]
+        return [{"role": "user", "content": self.cfg.medinject_rubric.format(question=question, reference=reference, answer=answer)}]
 
     def verdicts(self, items: list[tuple[str, str, str]]) -> list[tuple[int | None, str]]:
         """(verdict, raw judge output) for each (question, reference, answer)."""
-        keys = [self._key(*item) for item in items]
+        conversations = [self.messages(*item) for item in items]
+        keys = [self._key(c) for c in conversations]
         todo = [i for i, key in enumerate(keys) if key not in self.cache]
         if todo:
-            prompts = [self.prompt(*items[i]) for i in todo]
+            prompts = [conversations[i] for i in todo]
             outputs = self._local(prompts) if self.cfg.backend == JudgeBackend.local else self._openai(prompts)
             self.calls += len(prompts)
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self.cache_path.open("a", encoding="utf-8") as handle:
                 for i, output in zip(todo, outputs):
-                    entry = {"key": keys[i], "verdict": parse_verdict(output), "output": output}
+                    entry = {"key": keys[i], "verdict": self.parse(output), "output": output}
                     self.cache[keys[i]] = entry
                     handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
         return [(self.cache[k]["verdict"], self.cache[k]["output"]) for k in keys]
 
     @torch.no_grad()
-    def _local(self, prompts: list[str]) -> list[str]:
+    def _local(self, prompts: list[list[dict[str, str]]]) -> list[str]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if self._model is None:
@@ -103,22 +151,19 @@ class Judge:
                 raise UserError(f"eval.judge.model: cannot load {self.cfg.model!r}: {str(err).splitlines()[0]}") from None
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
-        texts = [
-            self._tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-        return generate(self._model, self._tokenizer, texts, self.cfg.batch_size, self.cfg.max_new_tokens, "judge")
+        texts = [self._tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        return generate(self._model, self._tokenizer, texts, self.cfg.batch_size, self.max_new_tokens, "judge")
 
-    def _openai(self, prompts: list[str]) -> list[str]:
+    def _openai(self, prompts: list[list[dict[str, str]]]) -> list[str]:
         key = os.environ.get(self.cfg.api_key_env, "")
         url = self.cfg.base_url.rstrip("/") + "/chat/completions"
         outputs = []
         for prompt in prompts:
             body = {
                 "model": self.cfg.model,
-                "messages": [{"role": "user", "content": prompt}],
+                "messages": prompt,
                 "temperature": 0,
-                "max_tokens": self.cfg.max_new_tokens,
+                "max_tokens": self.max_new_tokens,
             }
             request = urllib.request.Request(
                 url,

@@ -1,6 +1,10 @@
-"""Reading option letters out of a model's answer, and scoring them.
+"""Reading option letters out of a model's answer, and scoring them, under either protocol.
 
-The rule, applied in order to the generated text:
+`parse_letters` is medinject's rule (`eval.protocol=medinject`), lenient with what a model writes
+around its letters; `parse_letters_released` is the study's released rule (`eval.protocol=released`),
+which empties any answer holding anything but option letters and a few separators.
+
+medinject's rule, applied in order to the generated text:
 
 1. Only the first non-empty line is read (what follows is taken as explanation).
 2. A leading label "Réponse(s)" or "Answer(s)", followed by ":" or "-", is dropped.
@@ -32,6 +36,28 @@ def parse_letters(text: str, options: tuple[str, ...] | list[str]) -> tuple[str,
         found = _LONE_CAPITAL.findall(body)
     allowed = set(options)
     return tuple(sorted({letter for letter in found if letter in allowed}))
+
+
+# The released rule: after upper-casing, an answer may hold only the item's option letters and these.
+RELEASED_SEPARATORS = frozenset(",;/| \n.():+")
+
+
+def parse_letters_released(text: str, options: tuple[str, ...] | list[str], single: bool) -> tuple[str, ...]:
+    """The study's released reading: upper-case the stripped output; if any alphabetic character is
+    not an option letter, or any other character is not a separator above, nothing is read;
+    otherwise the option letters in the order written, each once. A single-answer item (`single`)
+    needs exactly one letter, else nothing is read."""
+    text = text.strip().upper()
+    allowed = set(options)
+    for char in text:
+        if char.isalpha() and char not in allowed:
+            return ()
+        if not char.isalpha() and char not in RELEASED_SEPARATORS:
+            return ()
+    letters = tuple(dict.fromkeys(char for char in text if char in allowed))
+    if single and len(letters) != 1:
+        return ()
+    return letters
 
 
 def join_letters(letters: tuple[str, ...] | list[str]) -> str:

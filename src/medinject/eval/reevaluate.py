@@ -27,7 +27,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from peft import PeftModel
 
     from medinject.data.prepare import load_test_sets
-    from medinject.eval.runner import Evaluator, eval_items
+    from medinject.eval.runner import Evaluator, eval_items, evaluation_record
     from medinject.model.load import load_tokenizer_and_model
     from medinject.util.device import default_device
     from medinject.util.secrets import redact
@@ -39,8 +39,13 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results = read_json(results_path)
     if results.get("status") != "completed":
         raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
+    saved = OmegaConf.load(config_path)
+    judge = saved.get("eval", {}).get("judge", {})
+    if isinstance(judge.get("rubric"), str) and judge.rubric not in ("released", "medinject"):
+        # a run from before eval.judge.rubric named a choice: its value is the French rubric's text
+        judge.medinject_rubric, judge.rubric = judge.rubric, "medinject"
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_path), OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides))
     except Exception as err:  # omegaconf validation errors: one line
         raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
     cfg.paths.output_dir = str(run_dir)
@@ -58,6 +63,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
     results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)
     results.setdefault("devices", {})["eval"] = device
+    results["eval"] = evaluation_record(cfg)
     results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
     write_json_atomic(results_path, redact(results))
     return metrics

@@ -1,11 +1,14 @@
 """Evaluate a fine-tuned model on every configured test set and task, the same way for every run.
 
-Multiple choice (mcqu, mcq): two decodings in left-padded batches with the KV cache, greedy and
-constrained (only the item's option letters, separators and end-of-sequence may be generated); the
-letters are read with the rule in `medinject.eval.letters`, and the probability of each option at
-the first answer step is kept. Open answers (oeq): greedy generation, BLEU, ROUGE, BERTScore, the
-judge when one is configured, answer-length statistics and a length-controlled judge score.
-Every metric goes through an `evaluate` module shipped in this package (`eval/metrics/`).
+Under either protocol (`eval.protocol`, README "Evaluation"): multiple choice (mcqu, mcq) is decoded
+twice from one shared prefill, greedy and constrained (`decoding.AllowedTokens.for_items`); letters
+are read with the protocol's rule (`medinject.eval.letters`); EM is set equality, Hamming is reported
+for mcq only; the probability of each option at the first answer step is kept (softmax over the
+option letters' tokens) and `em_loglik` scores its argmax on mcqu items (no extra model call). Open
+answers (oeq): greedy generation, BLEU, ROUGE, METEOR, BERTScore, the judge when one is configured,
+answer-length statistics and a length-controlled judge score. Prompts, new tokens and allowed tokens
+follow the protocol: `released` prompts with the item's own messages only. Every metric goes through
+an `evaluate` module shipped in this package (`eval/metrics/`).
 
 Metric names: eval/<test set>/<task>/<metric>[_constrained].
 """
@@ -20,12 +23,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medinject.config import JudgeBackend, TaskType
-from medinject.data.prompts import prompt_text
+from medinject.config import EvalProtocol, JudgeBackend, TaskType
+from medinject.data.prompts import prompt_text, question_text
 from medinject.data.rows import Example
 from medinject.util.errors import UserError
-from medinject.eval.decoding import SEPARATORS, decode_choices, generate, option_token_ids, single_token
-from medinject.eval.letters import exact_match, hamming_score, join_letters, parse_letters
+from medinject.eval.decoding import AllowedTokens, decode_choices, generate, new_tokens, option_token_ids
+from medinject.eval.letters import exact_match, hamming_score, join_letters, parse_letters, parse_letters_released
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,13 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
+def check_evaluation(cfg: DictConfig) -> None:
+    """What the evaluation needs besides the model, checked before a run trains: WordNet for METEOR."""
+    if TaskType.oeq in cfg.eval.tasks and cfg.eval.meteor:
+        if (problem := _load_metric("meteor").missing_wordnet(cfg.paths.wordnet)) is not None:
+            raise UserError(f"{problem}; or eval.meteor=false")
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -71,6 +81,34 @@ def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int)
     return sum(means) / len(means)
 
 
+def read_letters(protocol: EvalProtocol, text: str, item: Example) -> str:
+    """The prediction ("A, C") the protocol's letter rule reads in a raw output."""
+    if protocol == EvalProtocol.released:
+        return join_letters(parse_letters_released(text, item.options, single=item.type == TaskType.mcqu.value))
+    return join_letters(parse_letters(text, item.options))
+
+
+def item_prompts(cfg: DictConfig, tokenizer, items: list[Example]) -> list[str]:
+    """Each item's prompt under `eval.protocol` (for every generation backend): released, the item's
+    own turns and nothing else; medinject, with `prompt.system` and the task hint of `prompt.task_hints`."""
+    if cfg.eval.protocol == EvalProtocol.released:
+        system, hints = "", {}
+    else:
+        system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
+    return [prompt_text(tokenizer, item, system, hints) for item in items]
+
+
+def evaluation_record(cfg: DictConfig) -> dict:
+    """How a run was evaluated, for results.json: the protocol and the judge's rubric."""
+    judge = cfg.eval.judge
+    return {
+        "protocol": cfg.eval.protocol.value,
+        "judge": {"backend": judge.backend.value, "model": judge.model, "rubric": judge.rubric.value}
+        if judge.backend != JudgeBackend.none
+        else None,
+    }
+
+
 class Evaluator:
     """Every configured test set and task, on `device`: where the model is (the run's training
     device); the judge and BERTScore's encoder run there too unless their own setting says otherwise."""
@@ -81,6 +119,7 @@ class Evaluator:
         self.letter_match = _load_metric("letter_match")
         open_answers = TaskType.oeq in cfg.eval.tasks
         self.bleu, self.rouge = (_load_metric("bleu"), _load_metric("rouge")) if open_answers else (None, None)
+        self.meteor = _load_metric("meteor") if open_answers and cfg.eval.meteor else None
         self.bertscore = _load_metric("bertscore") if open_answers and cfg.eval.bertscore_model else None
         self.judge = None
         if cfg.eval.judge.backend != JudgeBackend.none and TaskType.oeq in cfg.eval.tasks:
@@ -90,53 +129,62 @@ class Evaluator:
 
     def _multiple_choice(self, model, tokenizer, set_name: str, task: str, items: list[Example], prompts: list[str]):
         ev = self.cfg.eval
+        protocol = ev.protocol
         metrics, records = {}, []
         probabilities: list[dict[str, float]] = [{} for _ in items]
         desc = f"eval {set_name}/{task}"
+        limits = [new_tokens(protocol, task, len(item.options), ev.max_new_tokens) for item in items]
         if ev.constrained:
-            separators = [t for t in (single_token(tokenizer, s) for s in SEPARATORS) if t is not None]
-            letters = [option_token_ids(tokenizer, item.options) for item in items]
-            allowed = [ids + separators + [tokenizer.eos_token_id] for ids in letters]
+            constraint = AllowedTokens.for_items(tokenizer, [item.options for item in items], protocol)
             if ev.batch_size > 1:
-                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, allowed, letters, desc)
-            else:  # one greedy and one constrained generate call per item: the simple script's way
-                greedy = generate(model, tokenizer, prompts, 1, ev.max_new_tokens, desc)
-                constrained, first = generate(model, tokenizer, prompts, 1, ev.max_new_tokens, desc, allowed, letters)
+                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, limits, constraint, desc)
+            else:  # one greedy and one constrained generate call per item: bench/eval_speed.py's peer
+                greedy = generate(model, tokenizer, prompts, 1, limits, desc)
+                constrained, first = generate(model, tokenizer, prompts, 1, limits, desc, constraint)
             decodings = {"": greedy, "_constrained": constrained}
             for i, item in enumerate(items):
-                logits = torch.tensor([first[i][t] for t in letters[i]])
+                logits = torch.tensor([first[i][t] for t in option_token_ids(tokenizer, item.options)])
                 probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
         else:
-            decodings = {"": generate(model, tokenizer, prompts, ev.batch_size, ev.max_new_tokens, desc)}
+            decodings = {"": generate(model, tokenizer, prompts, ev.batch_size, limits, desc)}
         parsed = {}
+        references = [item.answer for item in items]
         for suffix, outputs in decodings.items():
-            predictions = [join_letters(parse_letters(out, item.options)) for out, item in zip(outputs, items)]
-            scores = self.letter_match.compute(predictions=predictions, references=[item.answer for item in items])
+            predictions = [read_letters(protocol, out, item) for out, item in zip(outputs, items)]
+            scores = self.letter_match.compute(predictions=predictions, references=references)
             metrics[f"em{suffix}"] = scores["exact_match"]
             if task == TaskType.mcq.value:
                 metrics[f"hamming{suffix}"] = scores["hamming"]
             parsed[suffix] = predictions
+        loglik = None
+        if ev.constrained and task == TaskType.mcqu.value:
+            # the option with the highest first-step probability, as lm-evaluation-harness scores letter choices
+            loglik = [max(p, key=p.get) for p in probabilities]
+            metrics["em_loglik"] = self.letter_match.compute(predictions=loglik, references=references)["exact_match"]
         for i, item in enumerate(items):
             record = {"options": list(item.options), "option_probabilities": probabilities[i]}
             for suffix, outputs in decodings.items():
                 pred = parsed[suffix][i]
-                record.update(
-                    {
-                        f"output{suffix}": outputs[i],
-                        f"prediction{suffix}": pred,
-                        f"em{suffix}": exact_match(pred, item.answer),
-                        f"hamming{suffix}": hamming_score(pred, item.answer),
-                    }
-                )
+                record.update({f"output{suffix}": outputs[i], f"prediction{suffix}": pred, f"em{suffix}": exact_match(pred, item.answer)})
+                if task == TaskType.mcq.value:
+                    record[f"hamming{suffix}"] = hamming_score(pred, item.answer)
+            if loglik is not None:
+                record.update({"prediction_loglik": loglik[i], "em_loglik": exact_match(loglik[i], item.answer)})
             records.append(record)
         return metrics, records
 
     def _open_answers(self, model, tokenizer, set_name: str, items: list[Example], prompts: list[str]):
         ev = self.cfg.eval
-        outputs = generate(model, tokenizer, prompts, ev.batch_size, ev.oeq_max_new_tokens, f"eval {set_name}/oeq")
+        limit = new_tokens(ev.protocol, TaskType.oeq.value, 0, ev.oeq_max_new_tokens)
+        outputs = generate(model, tokenizer, prompts, ev.batch_size, limit, f"eval {set_name}/oeq")
         references = [item.answer for item in items]
         metrics = dict(self.bleu.compute(predictions=outputs, references=references))
         metrics.update(self.rouge.compute(predictions=outputs, references=references))
+        if self.meteor is not None:
+            try:
+                metrics.update(self.meteor.compute(predictions=outputs, references=references, wordnet=self.cfg.paths.wordnet, cache_dir=self.cfg.paths.cache_dir))
+            except FileNotFoundError as err:  # WordNet missing: the module's one line says what to install
+                raise UserError(str(err)) from None
         if self.bertscore is not None:
             scores = self.bertscore.compute(
                 predictions=outputs, references=references, model_path=ev.bertscore_model, layer=ev.bertscore_layer, device=self.device
@@ -148,7 +196,7 @@ class Evaluator:
         metrics["reference_words_mean"] = statistics.fmean(_words(r) for r in references)
         records = [{"output": out, "answer_words": n} for out, n in zip(outputs, lengths)]
         if self.judge is not None:
-            judged = self.judge.verdicts([(f"{item.instruction}\n{item.context}".strip(), item.answer, out) for item, out in zip(items, outputs)])
+            judged = self.judge.verdicts([(question_text(item), item.answer, out) for item, out in zip(items, outputs)])
             verdicts = [v for v, _ in judged]
             readable = [v for v in verdicts if v is not None]
             metrics["judge"] = sum(readable) / len(readable) if readable else float("nan")
@@ -161,14 +209,13 @@ class Evaluator:
 
     def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
         """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per item)."""
-        system, hints = self.cfg.prompt.system, dict(self.cfg.prompt.task_hints)
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
         records: list[dict] = []
         for set_name, by_task in test_items.items():
             for task, items in by_task.items():
-                prompts = [prompt_text(tokenizer, item, system, hints) for item in items]
+                prompts = item_prompts(self.cfg, tokenizer, items)
                 if task == TaskType.oeq.value:
                     task_metrics, task_records = self._open_answers(model, tokenizer, set_name, items, prompts)
                 else:
@@ -184,7 +231,7 @@ class Evaluator:
                             "task": task,
                             "id": item.id,
                             "source": f"{Path(item.file).name}:{item.line}",
-                            "question": f"{item.instruction}\n\n{item.context}".strip(),
+                            "question": question_text(item),
                             "prompt": prompt,
                             "reference": item.answer,
                             **record,

@@ -69,6 +69,7 @@ class Run:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[tuple[str, str], list[dict]] = field(default_factory=dict)  # (test set, task) -> numeric fields per item
+    protocol: str = "medinject"  # its eval.protocol (results.json "eval"); runs before it was recorded: medinject
 
     def label(self) -> str:
         if self.status == "completed":
@@ -166,7 +167,8 @@ def _load_run(run_dir: Path, job: dict | None = None) -> Run:
     if not isinstance(metrics, dict):
         raise UserError(f"{path}: a completed run needs a 'metrics' object")
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS))
+    protocol = (results.get("eval") or {}).get("protocol") or "medinject"
+    return Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS), protocol)
 
 
 def _job_dir(sweep_dir: Path, job: dict) -> Path:
@@ -193,16 +195,30 @@ def load_runs(sweep_dir: Path) -> list[Run]:
         runs = [_load_run(run_dir) for run_dir in found]
     if not runs:
         raise UserError(f"{sweep_dir}: no run found (no {SUMMARY} and no {RESULTS} below it)")
-    return _drop_duplicates(runs)
+    return _name_protocols(_drop_duplicates(runs))
+
+
+def _name_protocols(runs: list[Run]) -> list[Run]:
+    """A sweep evaluated under both protocols (`eval.protocol=released,medinject`): each eval metric
+    takes its protocol's name (`eval/<set>/<task>/em@released`), so every table shows both side by side."""
+    if len({r.protocol for r in runs if r.status == "completed"}) < 2:
+        return runs
+    for run in runs:
+        run.metrics = {(f"{k}@{run.protocol}" if k.startswith("eval/") else k): v for k, v in run.metrics.items()}
+    return runs
+
+
+def _base_metric(name: str) -> str:
+    return name.split("@")[0]
 
 
 def _drop_duplicates(runs: list[Run]) -> list[Run]:
-    """One completed run per (config, seed): the newest; an earlier one would weigh its seed twice."""
-    newest: dict[tuple[str, int | None], Run] = {}
+    """One completed run per (config, seed, protocol): the newest; an earlier one would weigh its seed twice."""
+    newest: dict[tuple[str, int | None, str], Run] = {}
     for run in runs:
         if run.status != "completed" or run.seed is None:
             continue
-        key = (run.config, run.seed)
+        key = (run.config, run.seed, run.protocol)
         if key in newest:
             older, newer = sorted((newest[key], run), key=lambda r: (r.run_dir / RESULTS).stat().st_mtime)
             log.warning("report: %s seed %s completed twice; using %s, not %s", run.config, run.seed, newer.run_dir, older.run_dir)
@@ -227,9 +243,10 @@ def metric_names(runs: list[Run]) -> list[str]:
     for run in runs:
         for name in run.metrics:
             parts = name.split("/")
-            if len(parts) == 4 and parts[0] == "eval" and parts[3] not in NOT_COMPARED:
+            if len(parts) == 4 and parts[0] == "eval" and _base_metric(parts[3]) not in NOT_COMPARED:
                 names[name] = None
-    return list(names)
+    bases = list(dict.fromkeys(_base_metric(n) for n in names))  # both protocols' versions of a metric next to each other
+    return sorted(names, key=lambda n: (bases.index(_base_metric(n)), n))
 
 
 def by_task(metrics: list[str]) -> dict[tuple[str, str], list[str]]:
@@ -244,8 +261,11 @@ def by_task(metrics: list[str]) -> dict[tuple[str, str], list[str]]:
 def _item_field(name: str, runs: list[Run]) -> str | None:
     """The per-item field behind a metric when every completed run's predictions carry it, else None."""
     _, test_set, task, metric = name.split("/")
+    metric = _base_metric(metric)
     key = ITEM_FIELD.get(metric, metric)
     for run in runs:
+        if name not in run.metrics:  # a run of the other protocol
+            continue
         records = run.items.get((test_set, task))
         if not records or any(key not in record for record in records):
             return None
@@ -259,9 +279,10 @@ def score_table(name: str, runs: list[Run]) -> dict[int, dict[object, float]]:
     table: dict[int, dict[object, float]] = {}
     for run in runs:
         seed = run.seed if run.seed is not None else -1 - zlib.crc32(str(run.run_dir).encode())  # pairs with nothing
+        if name not in run.metrics:  # a run of the other protocol
+            continue
         if key is None:
-            if name in run.metrics:
-                table[seed] = {"run": run.metrics[name]}
+            table[seed] = {"run": run.metrics[name]}
             continue
         scores: dict[object, float] = {}
         seen: dict[str, int] = {}
