@@ -51,17 +51,20 @@ def find_curves(runs: Sequence) -> dict[str, dict[int, list]]:
 
 def fit_power_law(budgets: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(a, b, c) of y = a + b n^-c for each row of `values` (replicates x budgets): least squares in
-    (a, b) at each exponent of EXPONENTS, the exponent with the smallest squared error kept."""
-    values = np.atleast_2d(values)
-    best = np.full((len(values), 3), np.nan)
-    best_sse = np.full(len(values), np.inf)
-    for c in EXPONENTS:
-        x = np.stack([np.ones_like(budgets, dtype=float), budgets ** (-c)], axis=1)
-        coef = values @ np.linalg.pinv(x).T  # replicates x 2
-        sse = ((values - coef @ x.T) ** 2).sum(axis=1)
-        better = sse < best_sse - 1e-15
-        best[better, :2], best[better, 2], best_sse[better] = coef[better], c, sse[better]
-    return best
+    (a, b) at every exponent of EXPONENTS (a straight-line fit in z = n^-c), the exponent with the
+    smallest squared error kept."""
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    z = np.asarray(budgets, dtype=float)[None, :] ** -EXPONENTS[:, None]  # exponents x budgets
+    z_centred = z - z.mean(axis=1, keepdims=True)
+    y_centred = values - values.mean(axis=1, keepdims=True)
+    szz = (z_centred**2).sum(axis=1)  # exponents
+    syz = y_centred @ z_centred.T  # replicates x exponents
+    sse = (y_centred**2).sum(axis=1, keepdims=True) - syz**2 / szz
+    best = np.argmin(sse, axis=1)  # the first exponent among equals (a flat curve: any exponent fits)
+    rows = np.arange(len(values))
+    b = syz[rows, best] / szz[best]
+    a = values.mean(axis=1) - b * z.mean(axis=1)[best]
+    return np.stack([a, b, EXPONENTS[best]], axis=1)
 
 
 def power_law(params: np.ndarray, n) -> np.ndarray:

@@ -89,7 +89,8 @@ def find_design(runs: Sequence) -> tuple[int, list[str], list[DesignPoint]] | No
             points.setdefault(tuple(round(shares.get(c, 0.0), 6) for c in components), []).append(run)
         blends = sum(1 for shares in points if sum(s > 0 for s in shares) > 1)
         if len(components) >= 2 and len(points) >= 3 and blends and (best is None or len(points) > len(best[2])):
-            best = (budget, components, [DesignPoint(shares, group) for shares, group in points.items()])
+            ordered = sorted(points.items(), key=lambda kv: tuple(-share for share in kv[0]))  # independent of run order
+            best = (budget, components, [DesignPoint(shares, group) for shares, group in ordered])
     return best
 
 
