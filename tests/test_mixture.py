@@ -230,3 +230,11 @@ def test_report_shows_corrected_p_values_and_the_demo_banner(tmp_path):
     assert "(Holm " in page and html.escape("Holm's step-down") in page
     summary = (tmp_path / "summary.md").read_text(encoding="utf-8").splitlines()
     assert summary[2] == f"> **{DEMO_BANNER}**"
+
+
+def test_a_flat_curve_makes_the_rate_undefined():
+    rng = np.random.default_rng(2)
+    curves = {"native": {n: draws(rng, curve("native", n), np.zeros(20), 2) for n in BUDGETS}, "synthetic": {n: np.full((2, 20), 0.4) for n in BUDGETS}}
+    entry = fit_curves(curves, 100, 0)
+    assert entry["curves"]["synthetic"]["flat"]
+    assert all(r["status"].startswith("undefined") and r["rate"] is None for r in entry["exchange_rates"]["synthetic"])
