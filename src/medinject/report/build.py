@@ -654,7 +654,7 @@ def _shares_text(shares: dict[str, float]) -> str:
 def _interval_text(ci) -> str:
     if not ci:
         return "n/a"
-    return f"[{_num(ci[0]) if ci[0] is not None else '-inf'}, {_num(ci[1]) if ci[1] is not None else 'inf'}]"
+    return "[" + ", ".join("inf" if end is None else _num(end) for end in ci) + "]"  # None: unbounded (a rate's only infinity is +inf)
 
 
 def mixture_table(mixture: dict) -> Table:
@@ -776,6 +776,9 @@ def plot_curves(out: Path, curves: dict, names: list[str]) -> Path:
                 n = np.geomspace(budgets.min(), budgets.max(), 100)
                 ax.plot(n, power_law(np.array([curve["a"], curve["b"], curve["c"]]), n), color=f"C{k}")
         ax.set_xscale("log")
+        ticks = sorted({p["budget"] for c in curves["metrics"][name]["curves"].values() for p in c["points"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)  # the budgets run, not log-axis minor labels
+        ax.minorticks_off()
         ax.set_xlabel("training examples")
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
