@@ -755,10 +755,10 @@ def plot_mixture(out: Path, mixture: dict, names: list[str]) -> Path:
             ax.set_aspect("equal")
             ax.axis("off")
         fit = entry.get("fit")
-        detail = f"{entry['model']}, R² {_num(fit['r2'])}" if fit else entry.get("reason", "no fit")[:60]
+        detail = f"{entry['model']}, R² {_num(fit['r2'])}" if fit else entry.get("reason", "no fit").split(";")[0]
         ax.set_title(f"{name}\n{detail}", fontsize=9)
     fig.suptitle(f"Mixture design at {mixture['budget']} examples: runs (dots), fitted surface, optimum (star), 95% region, run next (triangles)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return _save(fig, out)
 
 
