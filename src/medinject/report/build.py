@@ -697,7 +697,8 @@ def exchange_table(curves: dict, names: list[str]) -> Table:
             for rate in rates:
                 needed = "n/a" if rate["examples_needed"] is None else f"{rate['examples_needed']:.0f}"
                 value = "inf" if rate["status"].startswith("unbounded") else _num(rate["rate"])
-                rows.append([name, source, f"{rate['reference_budget']} {entry['reference']}", needed, f"{value} {_interval_text(rate.get('ci'))}", rate["status"]])
+                text = "n/a" if value == "n/a" else f"{value} {_interval_text(rate.get('ci'))}"
+                rows.append([name, source, f"{rate['reference_budget']} {entry['reference']}", needed, text, rate["status"]])
     header = ["metric", "source", "reference examples", "examples needed", "rate [95% CI]", "status"]
     return Table("Exchange rates (source examples per reference example, matched on the fitted learning curves)", header, rows)
 
