@@ -108,7 +108,8 @@ def test_summary_lists_every_config_with_stats_over_both_seeds(report):
 
     summary = report / "summary.md"
     text = summary.read_text(encoding="utf-8")
-    n_tables = text.count("\n## ") - 2  # less Runs and Plots
+    n_tables = text.count("\n## ") - 3  # less Runs, the mixture model and Plots
+    assert "\n## Mixture model at 24 examples (native, synthetic, translated)" in text  # the 7 configs are a simplex design
     assert n_tables == 6  # 2 test sets x 3 tasks
     for config in CONFIGS:
         rows_md = _md_rows(summary, config)
@@ -121,7 +122,7 @@ def test_summary_lists_every_config_with_stats_over_both_seeds(report):
 def test_plots_are_valid_non_blank_pngs(report):
     import matplotlib.image
 
-    expected = {f"bars_{t}_{k}.png" for t in ("native", "translated") for k in ("mcqu", "mcq", "oeq")} | {"heatmap.png"}
+    expected = {f"bars_{t}_{k}.png" for t in ("native", "translated") for k in ("mcqu", "mcq", "oeq")} | {"heatmap.png", "mixture.png"}
     assert {p.name for p in report.glob("*.png")} == expected  # no judge verdicts: no scatter
     for png in report.glob("*.png"):
         image = matplotlib.image.imread(png)
@@ -163,7 +164,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
 
     dom = subprocess.run([browser, *flags, "--dump-dom", page], check=False, capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<table") == 7  # runs + one per test set and task
+    assert dom.stdout.count("<table") == 8  # runs + one per test set and task + the mixture model
     assert dom.stdout.count("<img ") == len(list(report.glob("*.png")))
     for config in CONFIGS:
         assert f"<td>{config}</td>" in dom.stdout
@@ -239,7 +240,7 @@ def test_failed_and_missing_runs_show_in_every_table(report, tmp_path):
         "| native+translated | 2 | missing |" in runs_table and "| synthetic+translated | 1 | failed: RuntimeError: planted failure 1 |" in runs_table
     )
     assert "| synthetic | 3 | failed: UserError: trainer.max_steps" in runs_table
-    n_tables = runs_table.count("\n## ") - 1  # runs + one per test set and task, less Plots
+    n_tables = runs_table.count("\n## ") - 2  # runs + one per test set and task, less the mixture model and Plots
     page = (sweep / "report.html").read_text()
     assert page.count("planted failure 1") == n_tables and page.count("missing (seed 2)") == n_tables - 1
 
@@ -258,7 +259,7 @@ def test_judge_scores_give_a_length_scatter(report, tmp_path):
 
     assert matplotlib.image.imread(sweep / "judge_vs_length.png").std() > 0.01
     assert "judge score vs answer length: skipped" not in (sweep / "summary.md").read_text()
-    assert (sweep / "report.html").read_text().count("<img ") == len(list(sweep.glob("*.png"))) == 8
+    assert (sweep / "report.html").read_text().count("<img ") == len(list(sweep.glob("*.png"))) == 9
 
 
 def test_out_writes_elsewhere_and_leaves_the_sweep_alone(report, tmp_path):

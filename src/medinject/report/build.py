@@ -14,7 +14,16 @@ Written atomically into the sweep dir (or `--out`): `summary.csv` (one row per c
 `summary.md`, one bar chart per test set and task, a heatmap of the main metric, a judge-score vs
 answer-length scatter when the predictions carry judge verdicts, and `report.html` with every table
 and plot embedded. A run that failed or left nothing shows in every table as `failed: <error>` or
-`missing`.
+`missing`. The p-values of all comparisons in a report are one family: each is shown with its Holm
+correction (and summary.csv has Benjamini-Hochberg's too). A report of runs of the built-in tiny
+random-weight model says at its top that its numbers are a demo.
+
+When the runs form a mixture design (several compositions of the sources at one budget, read from each
+run's `data.counts`; `experiment=mixture_search`, and the seven provenance configs themselves) the
+report also writes `mixture.json` and `mixture.png` (`medinject.report.mixture`); when some ran one
+source alone at three or more budgets (`experiment=budget_curve`), `exchange_rates.json` and
+`learning_curves.png` (`medinject.report.curves`). A data config whose runs trained on different
+compositions is listed once per composition (`native 0.50 + translated 0.50 (n=96)`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ import numpy as np
 
 from medinject.util.errors import UserError
 from medinject.util.io import write_bytes_atomic, write_text_atomic
-from medinject.report.stats import Comparison, Estimate, bootstrap_ci, paired_difference, score_matrix
+from medinject.report.curves import curves_report, power_law
+from medinject.report.mixture import mixture_report, order_components, surface_grid
+from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, score_matrix
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +62,16 @@ STYLE = (
     "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
     "th,td{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top}th{background:#eee}.scroll{overflow-x:auto}"
     ".bad{color:#b00}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}"
+    ".demo{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-size:15px}"
+)
+DEMO_BANNER = (
+    "Demo numbers: these runs trained the built-in tiny model with random weights (model.build_tiny) for a "
+    "few steps, so every score below shows that the pipeline runs end to end, not what the training data "
+    "is worth. Run a real base model (e.g. model=qwen3_4b_instruct on a GPU) for results."
 )
 CSV_FIELDS = [
     "config", "status", "seeds", "metric", "mean", "ci_low", "ci_high", "n_seeds", "n_items",
-    "baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "matched_seeds",
+    "baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm", "p_bh", "matched_seeds",
 ]  # fmt: skip
 
 
@@ -70,6 +87,8 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[tuple[str, str], list[dict]] = field(default_factory=dict)  # (test set, task) -> numeric fields per item
     protocol: str = "medinject"  # its eval.protocol (results.json "eval"); runs before it was recorded: medinject
+    composition: dict[str, int] = field(default_factory=dict)  # examples trained on per source (results.json data.counts)
+    demo: bool = False  # trained the built-in tiny random-weight model
 
     def label(self) -> str:
         if self.status == "completed":
@@ -81,6 +100,8 @@ class Run:
 class Cell:
     estimate: Estimate
     comparison: Comparison | None  # None for the baseline itself, or when the baseline has no run
+    p_holm: float | None = None  # the comparison's p-value corrected over every comparison of the report
+    p_bh: float | None = None
 
 
 @dataclass
@@ -168,7 +189,34 @@ def _load_run(run_dir: Path, job: dict | None = None) -> Run:
         raise UserError(f"{path}: a completed run needs a 'metrics' object")
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     protocol = (results.get("eval") or {}).get("protocol") or "medinject"
-    return Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS), protocol)
+    run = Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS), protocol)
+    run.composition = _composition(path, data.get("counts"))
+    run.demo = _is_demo(run_dir, results)
+    return run
+
+
+def _composition(path: Path, counts) -> dict[str, int]:
+    """Examples per source from `data.counts` ({source: {task type: n}}); {} when the run recorded none."""
+    if counts is None:
+        return {}
+    if not isinstance(counts, dict) or not all(isinstance(v, dict) and all(isinstance(n, int) for n in v.values()) for v in counts.values()):
+        raise UserError(f"{path}: data.counts must map each source to {{task type: number of examples}}")
+    return {source: sum(by_type.values()) for source, by_type in counts.items()}
+
+
+def _is_demo(run_dir: Path, results: dict) -> bool:
+    """Whether the run trained the built-in tiny model (random weights, built offline): its config says
+    `model.build_tiny`."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        cfg = None
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        return cfg["model"].get("build_tiny") is not None
+    model = results.get("model") if isinstance(results.get("model"), dict) else {}
+    return model.get("name") == "tiny-qwen3"
 
 
 def _job_dir(sweep_dir: Path, job: dict) -> Path:
@@ -195,7 +243,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
         runs = [_load_run(run_dir) for run_dir in found]
     if not runs:
         raise UserError(f"{sweep_dir}: no run found (no {SUMMARY} and no {RESULTS} below it)")
-    return _name_protocols(_drop_duplicates(runs))
+    return _name_protocols(_drop_duplicates(_label_compositions(runs)))
 
 
 def _name_protocols(runs: list[Run]) -> list[Run]:
@@ -210,6 +258,27 @@ def _name_protocols(runs: list[Run]) -> list[Run]:
 
 def _base_metric(name: str) -> str:
     return name.split("@")[0]
+
+
+def _label_compositions(runs: list[Run]) -> list[Run]:
+    """A data config whose completed runs trained on different compositions (a mixture design or a
+    budget curve: every point has the same data config) gets one label per composition, from what
+    each run trained on: `native 0.50 + translated 0.50 (n=96)`. Other configs keep their name."""
+    compositions: dict[str, set] = {}
+    for run in runs:
+        if run.status == "completed" and run.composition:
+            compositions.setdefault(run.config, set()).add(tuple(sorted(run.composition.items())))
+    varied = {config for config, found in compositions.items() if len(found) > 1}
+    for run in runs:
+        if run.config in varied and run.status == "completed" and run.composition:
+            run.config = composition_label(run.composition)
+    return runs
+
+
+def composition_label(composition: dict[str, int]) -> str:
+    total = sum(composition.values())
+    parts = [f"{source} {composition[source] / total:.2f}" for source in order_components(composition) if composition[source] > 0]
+    return f"{' + '.join(parts)} (n={total})"
 
 
 def _drop_duplicates(runs: list[Run]) -> list[Run]:
@@ -316,6 +385,16 @@ def compute_cells(
     return cells
 
 
+def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell]) -> int:
+    """Holm and Benjamini-Hochberg p-values over the family of every comparison in the report (each
+    config against the baseline, on every metric and test set); returns the family's size."""
+    compared = [cell for cell in cells.values() if cell.comparison is not None and math.isfinite(cell.comparison.p_value)]
+    raw = [cell.comparison.p_value for cell in compared]
+    for cell, holm, bh in zip(compared, adjust_pvalues(raw, "holm"), adjust_pvalues(raw, "bh")):
+        cell.p_holm, cell.p_bh = float(holm), float(bh)
+    return len(compared)
+
+
 # ------------------------------------------------------------------------------------------ tables
 
 
@@ -367,7 +446,7 @@ def build_tables(runs: list[Run], configs: list[str], metrics: list[str], cells:
                 cell = cells.get((config, name))
                 row.append(_estimate_text(cell.estimate) if cell else "—")
                 if baseline:
-                    row.append(_comparison_text(cell.comparison) if cell and cell.comparison else "—")
+                    row.append(_comparison_text(cell.comparison, cell.p_holm) if cell and cell.comparison else "—")
             rows.append(row)
         tables.append(Table(f"{test_set} / {task}", header, rows))
     return tables
@@ -381,9 +460,10 @@ def _estimate_text(e: Estimate) -> str:
     return f"{_num(e.mean)} [{_num(e.low)}, {_num(e.high)}]"
 
 
-def _comparison_text(c: Comparison) -> str:
+def _comparison_text(c: Comparison, p_holm: float | None = None) -> str:
     sign = "+" if c.diff > 0 else ""
-    return f"{sign}{_num(c.diff)} [{_num(c.low)}, {_num(c.high)}] p={_p(c.p_value)}"
+    holm = f" (Holm {_p(p_holm)})" if p_holm is not None else ""
+    return f"{sign}{_num(c.diff)} [{_num(c.low)}, {_num(c.high)}] p={_p(c.p_value)}{holm}"
 
 
 def _csv_num(x: float) -> str:
@@ -420,6 +500,8 @@ def summary_csv(runs: list[Run], configs: list[str], metrics: list[str], cells: 
                     "diff_ci_low": _csv_num(c.low) if c else "",
                     "diff_ci_high": _csv_num(c.high) if c else "",
                     "p_value": _csv_num(c.p_value) if c else "",
+                    "p_holm": _csv_num(cell.p_holm) if cell.p_holm is not None else "",
+                    "p_bh": _csv_num(cell.p_bh) if cell.p_bh is not None else "",
                     "matched_seeds": c.n_seeds if c else "",
                 }
             )
@@ -430,8 +512,8 @@ def _md_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def summary_markdown(title: str, notes: list[str], tables: list[Table], plots: list[Path]) -> str:
-    lines = [f"# {title}", ""] + [f"- {note}" for note in notes] + [""]
+def summary_markdown(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None) -> str:
+    lines = [f"# {title}", ""] + ([f"> **{banner}**", ""] if banner else []) + [f"- {note}" for note in notes] + [""]
     for table in tables:
         lines += [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.header)) + " |", "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
@@ -445,7 +527,7 @@ def _is_bad(cell: str) -> bool:
     return cell.startswith(("failed", "missing")) or "; failed" in cell or "; missing" in cell
 
 
-def report_html(title: str, notes: list[str], tables: list[Table], plots: list[Path]) -> str:
+def report_html(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None) -> str:
     """One self-contained page: styles inline, plots as base64 data URIs, no external resource."""
     esc = html.escape
     parts = [
@@ -455,6 +537,7 @@ def report_html(title: str, notes: list[str], tables: list[Table], plots: list[P
         f"<style>{STYLE}</style>",
         "</head><body>",
         f"<h1>{esc(title)}</h1>",
+        f'<p class="demo"><strong>{esc(banner)}</strong></p>' if banner else "",
         "<ul>" + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>",
     ]
     for table in tables:
@@ -582,6 +665,185 @@ def plot_judge_vs_length(out: Path, points: list[tuple[str, str, float, float]],
     return _save(fig, out)
 
 
+# ------------------------------------------------------------------- mixture design and learning curves
+
+
+def _shares_text(shares: dict[str, float]) -> str:
+    return ", ".join(f"{source} {share:.2f}" for source, share in shares.items())
+
+
+def _interval_text(ci) -> str:
+    if not ci:
+        return "n/a"
+    return "[" + ", ".join("inf" if end is None else _num(end) for end in ci) + "]"  # None: unbounded (a rate's only infinity is +inf)
+
+
+def mixture_table(mixture: dict) -> Table:
+    """One row per metric: the fitted model, its fit, the best shares with their region, what to run next."""
+    rows = []
+    for name, entry in mixture["metrics"].items():
+        if entry.get("optimum") is None:
+            rows.append([name, entry["model"], "—", "—", f"no optimum: {entry.get('reason', '')}", "—", "—", "—"])
+            continue
+        fit = entry["fit"]
+        region = entry.get("optimum_region")
+        ranges = ", ".join(f"{c} {lo:.2f}–{hi:.2f}" for c, (lo, hi) in region["share_ranges"].items()) if region else "n/a"
+        rows.append(
+            [
+                name,
+                entry["model"],
+                f"R² {_num(fit['r2'])}, LOO RMSE {_num(fit['loo_rmse'])} (linear: R² {_num(entry['linear_fit']['r2'])})",
+                str(fit["residual_df"]),
+                _shares_text(entry["optimum"]),
+                f"{_num(entry['predicted'])} {_interval_text(entry.get('ci'))}",
+                ranges,
+                "; ".join(_shares_text(p["shares"]) for p in entry["next_points"]) or "—",
+            ]
+        )
+    header = ["metric", "model", "fit", "residual df", "best shares", "predicted [95% CI]", "95% region of the best shares", "run next"]
+    return Table(f"Mixture model at {mixture['budget']} examples ({', '.join(mixture['components'])})", header, rows)
+
+
+def exchange_table(curves: dict, names: list[str]) -> Table:
+    """For the given metrics: examples of each source that buy what N reference examples buy."""
+    rows = []
+    for name in names:
+        entry = curves["metrics"].get(name)
+        if not entry:
+            continue
+        if entry.get("exchange_rates") is None:
+            rows.append([name, "—", "—", "—", "—", entry.get("reason", "")])
+            continue
+        for source, rates in entry["exchange_rates"].items():
+            for rate in rates:
+                needed = "n/a" if rate["examples_needed"] is None else f"{rate['examples_needed']:.0f}"
+                value = "inf" if rate["status"].startswith("unbounded") else _num(rate["rate"])
+                text = "n/a" if value == "n/a" else f"{value} {_interval_text(rate.get('ci'))}"
+                rows.append([name, source, f"{rate['reference_budget']} {entry['reference']}", needed, text, rate["status"]])
+    header = ["metric", "source", "reference examples", "examples needed", "rate [95% CI]", "status"]
+    return Table("Exchange rates (source examples per reference example, matched on the fitted learning curves)", header, rows)
+
+
+def _ternary_xy(shares) -> np.ndarray:
+    """Barycentric (a, b, c) -> the plane: a at (0, 0), b at (1, 0), c at (0.5, sqrt(3)/2)."""
+    s = np.atleast_2d(np.asarray(shares, dtype=float))
+    return np.stack([s[:, 1] + 0.5 * s[:, 2], s[:, 2] * math.sqrt(3) / 2], axis=1)
+
+
+def plot_mixture(out: Path, mixture: dict, names: list[str]) -> Path:
+    """Per metric: the fitted surface over the simplex (ternary for 3 sources, a line for 2), the runs
+    coloured by their mean, the optimum (star), its 95% region (white dots) and the next points (triangles)."""
+    from matplotlib.figure import Figure
+
+    components = mixture["components"]
+    fig = Figure(figsize=(5.2 * len(names), 4.8))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        entry = mixture["metrics"][name]
+        runs = np.array([[p["shares"][c] for c in components] for p in entry["points"]])
+        means = np.array([p["mean"] for p in entry["points"]])
+        grid = surface_grid(entry, components)
+        lo, hi = (min(means.min(), grid[1].min()), max(means.max(), grid[1].max())) if grid else (means.min(), means.max())
+        norm = dict(vmin=lo, vmax=hi if hi > lo else lo + 1e-9, cmap="viridis")
+        marks = [(entry.get("optimum_region") or {}).get("points", []), [p["shares"] for p in entry.get("next_points") or []]]
+        if len(components) == 2:
+            if grid:
+                ax.plot(grid[0][:, 0], grid[1], color="tab:blue", label=entry["model"])
+            ax.scatter(runs[:, 0], means, c=means, edgecolors="black", zorder=3, label="runs", **norm)
+            if entry.get("optimum"):
+                ax.axvline(entry["optimum"][components[0]], color="tab:red", linestyle="--", label="optimum")
+            ax.set_xlabel(f"share of {components[0]} (rest: {components[1]})")
+            ax.legend(fontsize=7)
+        elif len(components) == 3:
+            if grid:
+                xy = _ternary_xy(grid[0])
+                image = ax.tricontourf(xy[:, 0], xy[:, 1], grid[1], levels=20, **norm)
+                fig.colorbar(image, ax=ax, shrink=0.75)
+            xy = _ternary_xy(runs)
+            ax.scatter(xy[:, 0], xy[:, 1], c=means, edgecolors="black", s=45, zorder=3, **norm)
+            for points, style in zip(marks, (dict(marker=".", color="white", s=12), dict(marker="^", facecolors="none", edgecolors="tab:red", s=70))):
+                if points:
+                    pxy = _ternary_xy([[p[c] for c in components] for p in points])
+                    ax.scatter(pxy[:, 0], pxy[:, 1], zorder=4, **style)
+            if entry.get("optimum"):
+                oxy = _ternary_xy([[entry["optimum"][c] for c in components]])
+                ax.scatter(oxy[:, 0], oxy[:, 1], marker="*", s=260, color="tab:red", edgecolors="white", zorder=5)
+            corners = _ternary_xy(np.eye(3))
+            ax.plot(*np.vstack([corners, corners[:1]]).T, color="black", linewidth=1)
+            for (x, y), label, align in zip(corners, components, ("right", "left", "center")):
+                ax.text(x, y + (0.04 if align == "center" else -0.05), label, ha=align, fontsize=9)
+            ax.set_xlim(-0.12, 1.12)
+            ax.set_ylim(-0.1, 0.96)
+            ax.set_aspect("equal")
+            ax.axis("off")
+        fit = entry.get("fit")
+        detail = f"{entry['model']}, R² {_num(fit['r2'])}" if fit else entry.get("reason", "no fit").split(";")[0]
+        ax.set_title(f"{name}\n{detail}", fontsize=9)
+    fig.suptitle(f"Mixture design at {mixture['budget']} examples: runs (dots), fitted surface, optimum (star), 95% region, run next (triangles)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _save(fig, out)
+
+
+def plot_curves(out: Path, curves: dict, names: list[str]) -> Path:
+    """Per metric: each source's mean score per budget (dots) and its fitted power law (line), log budget."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(names), 4.2))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for k, (source, curve) in enumerate(curves["metrics"][name]["curves"].items()):
+            budgets = np.array([p["budget"] for p in curve["points"]], dtype=float)
+            ax.scatter(budgets, [p["mean"] for p in curve["points"]], color=f"C{k}", label=source, zorder=3)
+            if curve.get("a") is not None:
+                n = np.geomspace(budgets.min(), budgets.max(), 100)
+                ax.plot(n, power_law(np.array([curve["a"], curve["b"], curve["c"]]), n), color=f"C{k}")
+        ax.set_xscale("log")
+        ticks = sorted({p["budget"] for c in curves["metrics"][name]["curves"].values() for p in c["points"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)  # the budgets run, not log-axis minor labels
+        ax.minorticks_off()
+        ax.set_xlabel("training examples")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Learning curves: mean over seeds and items per budget, fitted y = a + b n^-c", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _main_names(entries: dict, main: str | None, test_sets: list[str]) -> list[str]:
+    return [name for name in (f"eval/{t}/{main}" for t in test_sets) if main and name in entries]
+
+
+def design_outputs(out: Path, runs: list[Run], metrics: list[str], main: str | None, test_sets: list[str], n_resamples: int, seed: int):
+    """`mixture.json` and `exchange_rates.json` when the runs form a mixture design or learning curves,
+    with their tables and plots; returns (tables, plots, notes)."""
+    tables: list[Table] = []
+    plots: list[Path] = []
+    notes: list[str] = []
+    completed = [r for r in runs if r.status == "completed"]
+    mixture = mixture_report(completed, metrics, score_table, n_resamples, seed)
+    if mixture is not None:
+        write_text_atomic(out / "mixture.json", json.dumps(mixture, indent=2) + "\n")
+        log.info("report: mixture design of %d points -> %s", len(mixture["design"]), out / "mixture.json")
+        notes.append(
+            f"mixture.json: a {len(mixture['design'])}-point design over {', '.join(mixture['components'])} at {mixture['budget']} examples; "
+            "shares are what each run trained on (results.json data.counts)"
+        )
+        tables.append(mixture_table(mixture))
+        names = _main_names(mixture["metrics"], main, test_sets)
+        if names and len(mixture["components"]) <= 3:
+            plots.append(plot_mixture(out / "mixture.png", mixture, names))
+    curves = curves_report(completed, metrics, score_table, n_resamples, seed)
+    if curves is not None:
+        write_text_atomic(out / "exchange_rates.json", json.dumps(curves, indent=2) + "\n")
+        log.info("report: learning curves of %s -> %s", ", ".join(curves["sources"]), out / "exchange_rates.json")
+        notes.append(f"exchange_rates.json: learning curves of {', '.join(curves['sources'])} (runs on one source at 3 or more budgets)")
+        names = _main_names(curves["metrics"], main, test_sets)
+        tables.append(exchange_table(curves, names or list(curves["metrics"])[:1]))
+        if names:
+            plots.append(plot_curves(out / "learning_curves.png", curves, names))
+    return tables, plots, notes
+
+
 # ------------------------------------------------------------------------------------------- entry
 
 
@@ -592,9 +854,11 @@ def build_report(
     main_metric: str | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
+    strict_baseline: bool = True,
 ) -> Path:
     """Write the sweep's summary tables, plots and `report.html`; return the path of `report.html`.
-    `baseline=None` leaves the comparison columns out (e.g. a sweep of one config over seeds)."""
+    `baseline=None` leaves the comparison columns out (e.g. a sweep of one config over seeds);
+    `strict_baseline=False` drops a baseline the sweep has no run of, instead of refusing it."""
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a directory")
@@ -602,13 +866,18 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(sweep_dir)
     configs = config_order({r.config for r in runs})
-    if baseline is not None and baseline not in configs:
+    missing_baseline = baseline is not None and baseline not in configs
+    if missing_baseline and not strict_baseline:
+        log.info("report: no run of data config %s: no comparison columns", baseline)
+        baseline = None
+    elif missing_baseline:
         raise UserError(f"--baseline {baseline}: no run of that data config in {sweep_dir} (found: {', '.join(configs)})")
     counts = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "missing")}
     log.info("report: %d runs of %d configs (%s)", len(runs), len(configs), ", ".join(f"{n} {s}" for s, n in counts.items()))
     metrics = metric_names(runs)
     log.info("report: %d metrics; bootstrap with %d replicates", len(metrics), n_resamples)
     cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
+    n_compared = adjust_for_multiplicity(cells)
 
     notes = [
         f"sweep: {sweep_dir}",
@@ -622,6 +891,11 @@ def build_report(
         notes.append(
             f"Δ: config − {baseline} on the same items (and seeds where both have them), 95% CI, "
             "two-sided sign-flip permutation p-value (unit: item; seed for corpus-level metrics)"
+        )
+        notes.append(
+            f"multiplicity: the {n_compared} comparisons of this report (every config against {baseline} on every metric and "
+            "test set) are one family; beside each raw p the table shows Holm's step-down corrected p (family-wise error), "
+            "and summary.csv also has Benjamini-Hochberg's (p_bh, false discovery rate). Read the corrected one."
         )
     if baseline and not any(r.config == baseline and r.status == "completed" for r in runs):
         notes.append(f"no comparison: the baseline {baseline} has no completed run")
@@ -643,12 +917,17 @@ def build_report(
     if not metrics:
         notes.append("no evaluation metric: no run completed")
 
-    tables = build_tables(runs, configs, metrics, cells, baseline)
+    design_tables, design_plots, design_notes = design_outputs(out, runs, metrics, main, test_sets, n_resamples, seed)
+    plots += design_plots
+    notes += design_notes
+
+    tables = build_tables(runs, configs, metrics, cells, baseline) + design_tables
+    banner = DEMO_BANNER if any(r.demo for r in runs if r.status == "completed") else None
     title = f"medinject sweep report: {sweep_dir.name}"
     write_text_atomic(out / "summary.csv", summary_csv(runs, configs, metrics, cells, baseline))
-    write_text_atomic(out / "summary.md", summary_markdown(title, notes, tables, plots))
+    write_text_atomic(out / "summary.md", summary_markdown(title, notes, tables, plots, banner))
     page = out / "report.html"
-    write_text_atomic(page, report_html(title, notes, tables, plots))
+    write_text_atomic(page, report_html(title, notes, tables, plots, banner))
     log.info("report: wrote %s, %s and %s", out / "summary.csv", out / "summary.md", page)
     return page
 
@@ -658,14 +937,17 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m medinject.report", description="Tables, plots and an HTML page comparing a sweep's data configs."
     )
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory (with sweep_summary.json, or run directories below it)")
-    parser.add_argument("--baseline", default="native", help="data config the others are compared with (default: native)")
+    parser.add_argument(
+        "--baseline", default=None, help="data config the others are compared with (default: native, when the sweep has native runs)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
     parser.add_argument("--main-metric", default=None, help=f"<task>/<metric> of the heatmap (default: first found of {', '.join(MAIN_METRICS)})")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates (default: 2000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        page = build_report(args.sweep_dir, args.baseline, args.out, args.main_metric, args.resamples)
+        baseline = args.baseline or "native"
+        page = build_report(args.sweep_dir, baseline, args.out, args.main_metric, args.resamples, strict_baseline=args.baseline is not None)
     except UserError as err:
         print(f"medinject: error: {err}", file=sys.stderr)
         sys.exit(2)

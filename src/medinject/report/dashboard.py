@@ -2,7 +2,11 @@
 
 One W&B report per sweep, built with `wandb-workspaces`: a run set filtered on the sweep's W&B group
 and grouped by `job_type` (the data config), one bar chart per reported metric (mean over seeds with
-standard-error bars, one bar per configuration), and a run comparer.
+standard-error bars, one bar per configuration), and a run comparer. A mixture design sweep
+(`experiment=mixture_search`) adds, per test set's main metric, a 3-D scatter of the metric over two
+sources' shares (the panels' counterpart of the report's ternary plot; W&B knows the requested
+`mix.weights`, which the trained counts match up to rounding); a learning-curve sweep
+(`experiment=budget_curve`) adds the metric against `mix.budget` on a log axis, one point per run.
 
 W&B reports are objects on the server, so building one needs a login. Without `--publish` (and on
 compute nodes that are offline) the command writes the report's specification to
@@ -38,6 +42,11 @@ def build_spec(sweep_dir: Path) -> dict:
         raise UserError(f"{sweep_dir}: no completed run to build a dashboard from")
     metrics = {k for run in runs for k in run.metrics if k.startswith("eval/") and not k.endswith(SKIPPED_SUFFIXES)}
     metrics.add("train/probe_loss_end")
+    panels = [
+        *({"type": "bar", "metric": m, "aggregate": "mean", "range": "stderr"} for m in sorted(metrics)),
+        *_design_panels(runs, sorted(metrics)),
+        {"type": "run_comparer", "diff_only": "split"},
+    ]
     cfg = _run_config(runs[0].run_dir)
     logger_cfg = (cfg.get("logger") or {}).get("wandb") or {}
     group = (cfg.get("tracking") or {}).get("group") or cfg.get("sweep_name") or sweep_dir.name
@@ -50,11 +59,41 @@ def build_spec(sweep_dir: Path) -> dict:
         "filter": f"Group == '{group}'",
         "groupby": "job_type",
         "configs": sorted({run.config for run in runs}),
-        "panels": [
-            *({"type": "bar", "metric": m, "aggregate": "mean", "range": "stderr"} for m in sorted(metrics)),
-            {"type": "run_comparer", "diff_only": "split"},
-        ],
+        "panels": panels,
     }
+
+
+def _design_panels(runs: list, metrics: list[str]) -> list[dict]:
+    """Scatter panels matching the report's mixture and learning-curve plots (module doc)."""
+    from medinject.report.build import MAIN_METRICS
+    from medinject.report.curves import find_curves
+    from medinject.report.mixture import find_design
+
+    main = next((m for m in MAIN_METRICS if any(name.endswith(f"/{m}") for name in metrics)), None)
+    names = [name for name in metrics if main and name.endswith(f"/{main}")]
+    panels = []
+    design = find_design(runs)
+    if design is not None and len(design[1]) >= 2:
+        first, last = design[1][0], design[1][-1]
+        for name in names:
+            panels.append(
+                {"type": "scatter", "title": f"{name} over the shares of {first} and {last}", "x": f"config:mix.weights.{first}",
+                 "y": f"config:mix.weights.{last}", "z": f"summary:{name}", "log_x": False}
+            )  # fmt: skip
+    if find_curves(runs):
+        for name in names:
+            panels.append({"type": "scatter", "title": f"{name} vs training examples", "x": "config:mix.budget", "y": f"summary:{name}", "z": None, "log_x": True})
+    return panels
+
+
+def _axis(name: str | None):
+    """`config:<key>` / `summary:<metric>` -> the wandb_workspaces metric object."""
+    import wandb_workspaces.reports.v2 as wr
+
+    if name is None:
+        return None
+    kind, _, key = name.partition(":")
+    return wr.Config(key) if kind == "config" else wr.SummaryMetric(key)
 
 
 def to_report(spec: dict, entity: str | None = None):
@@ -74,6 +113,10 @@ def to_report(spec: dict, entity: str | None = None):
                     groupby_aggfunc=panel["aggregate"],
                     groupby_rangefunc=panel["range"],
                 )
+            )
+        elif panel["type"] == "scatter":
+            panels.append(
+                wr.ScatterPlot(title=panel["title"], x=_axis(panel["x"]), y=_axis(panel["y"]), z=_axis(panel["z"]), log_x=panel["log_x"])
             )
         elif panel["type"] == "run_comparer":
             panels.append(wr.RunComparer(diff_only=panel["diff_only"]))

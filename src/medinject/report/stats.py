@@ -20,6 +20,15 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
   asks whether these trained models differ on this test distribution; the CI also carries the
   seed-to-seed spread, so with few seeds a small p can come with a CI that still spans 0 (read both).
 
+* `bootstrap_point_means`: the same two-level bootstrap for several design points at once (the runs of a
+  mixture design or of a learning curve), so that a model fitted to the points can be refitted per
+  replicate. Items are drawn once per replicate and shared by every point (all runs are scored on the
+  same test items, so a hard item is hard for every point); seeds are drawn within each point (each
+  point's runs are separate trainings).
+* `adjust_pvalues`: a family of p-values corrected for multiplicity, by Holm's step-down method
+  (family-wise error rate, valid under any dependence between the tests) or Benjamini-Hochberg's
+  step-up method (false discovery rate, valid for independent or positively dependent tests).
+
 Every function is deterministic for a given `seed` (numpy `default_rng`) and vectorised over
 replicates; replicates are drawn in chunks only to bound memory.
 """
@@ -189,6 +198,59 @@ def paired_difference(
     units = np.nanmean(matrix, axis=0) if matrix.shape[1] > 1 else matrix[:, 0]
     p_value = sign_flip_pvalue(units, n_permutations, seed)
     return Comparison(estimate.mean, estimate.low, estimate.high, p_value, n_matched, matrix.shape[1])
+
+
+def bootstrap_point_means(matrices: list[np.ndarray], n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Replicates x points: the mean of each point's seeds x items matrix in each two-level bootstrap
+    replicate (module doc). The matrices must share their item columns (same items, same order; NaN
+    where a point has no score); an all-NaN replicate of a point is NaN."""
+    if not matrices:
+        return np.empty((n_resamples, 0))
+    shapes = {np.asarray(m).shape[-1] for m in matrices}
+    if len(shapes) != 1:
+        raise ValueError(f"the points' matrices must share their item columns, got widths {sorted(shapes)}")
+    rng = np.random.default_rng(seed)
+    n_items = shapes.pop()
+    out = np.full((n_resamples, len(matrices)), np.nan)
+    largest = max(np.atleast_2d(m).shape[0] for m in matrices)
+    chunk = max(1, _CHUNK_CELLS // max(1, largest * n_items))
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        cols = rng.integers(0, n_items, size=(size, n_items))[:, None, :]  # shared by every point
+        for point, scores in enumerate(matrices):
+            matrix = np.atleast_2d(np.asarray(scores, dtype=float))
+            matrix = matrix[~np.isnan(matrix).all(axis=1)]  # a seed that scored nothing is no seed
+            if matrix.size == 0:
+                continue
+            observed = ~np.isnan(matrix)
+            values = np.where(observed, matrix, 0.0)
+            rows = rng.integers(0, matrix.shape[0], size=(size, matrix.shape[0]))[:, :, None]
+            total = values[rows, cols].sum(axis=(1, 2))
+            count = observed[rows, cols].sum(axis=(1, 2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[start : start + size, point] = total / count
+    return out
+
+
+def adjust_pvalues(p_values, method: str = "holm") -> np.ndarray:
+    """Multiplicity-adjusted p-values of one family (module doc), in the input order; NaN entries stay
+    NaN and are not counted in the family. `method`: `holm` or `bh` (Benjamini-Hochberg)."""
+    p = np.asarray(p_values, dtype=float).ravel()
+    adjusted = np.full(p.shape, np.nan)
+    present = np.flatnonzero(np.isfinite(p))
+    m = present.size
+    if m == 0:
+        return adjusted
+    order = present[np.argsort(p[present], kind="stable")]
+    ranked = p[order]
+    if method == "holm":  # p_(i) * (m - i + 1), made non-decreasing
+        values = np.maximum.accumulate(ranked * (m - np.arange(m)))
+    elif method == "bh":  # p_(i) * m / i, made non-increasing from the largest down
+        values = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    else:
+        raise ValueError(f"unknown multiplicity correction {method!r} (holm or bh)")
+    adjusted[order] = np.minimum(values, 1.0)
+    return adjusted
 
 
 @contextmanager

@@ -1,0 +1,299 @@
+"""Which shares of the sources to train on: a mixture model fitted to the runs of a simplex design.
+
+The runs of a sweep form a mixture design when, at one training budget (examples in total), they
+trained on at least three different compositions of two or more sources, one of them a blend. A
+run's shares are what it trained on, the per-source counts of `results.json` (`data.counts`), never
+its name or its requested weights. The provenance sweep's seven configurations are such a design
+(the simplex-centroid design: vertices, edge midpoints, centroid); `experiment=mixture_search` adds
+interior points.
+
+Model: a Scheffé quadratic polynomial, y(x) = sum_i b_i x_i + sum_{i<j} b_ij x_i x_j, over the shares x
+(summing to 1, so there is no intercept), fitted by least squares to each point's mean score
+(over its seeds and the test items). Why this one and not a data mixing law (Ye et al., 2024,
+y = c + k exp(sum_i t_i x_i)): the exponential of a linear function of the shares is monotone along
+every line through the simplex, so its best mixture is always a single source; a quadratic can put
+the optimum inside (a blend better than each of its parts, which is what "native and translated
+complement each other" means), it is linear in its coefficients, so every bootstrap replicate is
+refitted exactly and fast, and its 6 coefficients (3 sources) are estimable from the 7-point
+simplex-centroid design. With fewer distinct points than coefficients + 1 the linear Scheffé model
+(b_i only) is fitted instead, and said so. The linear model's fit is always reported beside the
+chosen one so a reader sees what the curvature buys.
+
+Uncertainty: `stats.bootstrap_point_means` (test items drawn once per replicate and shared by all
+points, seeds drawn within each point), the model refitted to every replicate. From the replicates:
+a percentile CI for each coefficient and for the predicted score at the optimum; the optimum's
+confidence region, the smallest set of cells of a 0.05 lattice that holds the optima of 95% of the
+replicates; and the points worth running next (see `_next_points`). With one seed per point the
+intervals carry item noise only, not seed-to-seed noise: the output says so.
+
+The optimum is the best point of a 0.01 lattice over the simplex (exact enough for shares, and the
+same search for every replicate). Scores are maximised; metrics that are not scores (answer
+length) are left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medinject.report.stats import ScoreTable, bootstrap_point_means, score_matrix
+
+ORDER = ("native", "synthetic", "translated")  # the study's sources first, any other after, by name
+NOT_SCORES = ("answer_words_mean", "answer_words_median")  # describe answers; nothing to maximise
+CONFIDENCE = 0.95
+FINE = 100  # lattice steps per unit share for the optimum search
+COARSE = 20  # lattice steps per unit share for the confidence region and the next points
+NEAR_RUN = 0.1  # a suggested point is at least this far (largest share difference) from every run
+WHY_QUADRATIC = (
+    "Scheffé quadratic: can place the best mixture inside the simplex (a blend better than its parts), "
+    "is refitted exactly per bootstrap replicate, and is estimable from the simplex-centroid design; a "
+    "data mixing law (exp of a linear function of the shares) is monotone along every line, so its "
+    "best mixture is always a single source"
+)
+WHY_LINEAR = "Scheffé linear: too few distinct design points ({n}) for the {q} coefficients of the quadratic plus one"
+
+
+@dataclass
+class DesignPoint:
+    """The runs that trained on one composition at the design's budget."""
+
+    shares: tuple[float, ...]  # in the order of the design's components
+    runs: list  # build.Run objects (duck-typed: config, seed, run_dir, composition)
+
+
+def composition_shares(composition: dict[str, int]) -> dict[str, float]:
+    total = sum(composition.values())
+    return {source: n / total for source, n in composition.items()} if total else {}
+
+
+def order_components(names) -> list[str]:
+    return sorted(set(names), key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
+
+
+def find_design(runs: Sequence) -> tuple[int, list[str], list[DesignPoint]] | None:
+    """(budget, components, points) of the largest mixture design among the completed runs, or None."""
+    by_budget: dict[int, list] = {}
+    for run in runs:
+        if run.status == "completed" and getattr(run, "composition", None):
+            by_budget.setdefault(sum(run.composition.values()), []).append(run)
+    best = None
+    for budget, group in by_budget.items():
+        components = order_components(s for run in group for s, n in run.composition.items() if n > 0)
+        points: dict[tuple[float, ...], list] = {}
+        for run in group:
+            shares = composition_shares(run.composition)
+            points.setdefault(tuple(round(shares.get(c, 0.0), 6) for c in components), []).append(run)
+        blends = sum(1 for shares in points if sum(s > 0 for s in shares) > 1)
+        if len(components) >= 2 and len(points) >= 3 and blends and (best is None or len(points) > len(best[2])):
+            ordered = sorted(points.items(), key=lambda kv: tuple(-share for share in kv[0]))  # independent of run order
+            best = (budget, components, [DesignPoint(shares, group) for shares, group in ordered])
+    return best
+
+
+def scheffe_terms(components: list[str], quadratic: bool) -> list[str]:
+    names = list(components)
+    if quadratic:
+        names += [f"{a}*{b}" for a, b in itertools.combinations(components, 2)]
+    return names
+
+
+def scheffe_matrix(shares: np.ndarray, quadratic: bool) -> np.ndarray:
+    """Rows of shares -> the Scheffé model's regressors (x_i, then x_i x_j for i < j)."""
+    shares = np.atleast_2d(shares)
+    columns = [shares]
+    if quadratic:
+        pairs = list(itertools.combinations(range(shares.shape[1]), 2))
+        columns.append(np.stack([shares[:, i] * shares[:, j] for i, j in pairs], axis=1) if pairs else np.empty((len(shares), 0)))
+    return np.concatenate(columns, axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _lattice(k: int, steps: int) -> np.ndarray:
+    rows = [c for c in itertools.product(range(steps + 1), repeat=k - 1) if sum(c) <= steps]
+    lattice = np.array([[*c, steps - sum(c)] for c in rows], dtype=float) / steps
+    lattice.flags.writeable = False
+    return lattice
+
+
+def simplex_lattice(k: int, steps: int) -> np.ndarray:
+    """Every composition of k shares that are multiples of 1/steps, as rows."""
+    return _lattice(k, steps)
+
+
+def _fit_quality(x: np.ndarray, y: np.ndarray) -> dict:
+    """R², leave-one-out RMSE (from the hat matrix; null when a point decides its own fit) and residual df."""
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    sst = float(np.sum((y - y.mean()) ** 2))
+    hat = np.diag(x @ np.linalg.pinv(x))
+    loo = None
+    if np.all(hat < 1 - 1e-8):
+        loo = float(np.sqrt(np.mean((residual / (1 - hat)) ** 2)))
+    return {
+        "r2": float(1 - np.sum(residual**2) / sst) if sst > 0 else None,
+        "loo_rmse": loo,
+        "residual_df": int(len(y) - np.linalg.matrix_rank(x)),
+        "rmse": float(np.sqrt(np.mean(residual**2))),
+    }
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    finite = values[np.isfinite(values)]
+    if finite.size < 2:
+        return None
+    tail = (1 - CONFIDENCE) / 2
+    return [float(v) for v in np.quantile(finite, [tail, 1 - tail])]
+
+
+def _as_shares(components: list[str], row) -> dict[str, float]:
+    return {c: round(float(v), 4) for c, v in zip(components, row)}
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Largest share difference between each row of a and each row of b."""
+    return np.abs(np.atleast_2d(a)[:, None, :] - np.atleast_2d(b)[None, :, :]).max(axis=2)
+
+
+def fit_mixture(
+    components: list[str], shares: np.ndarray, matrices: list[np.ndarray], n_resamples: int = 2000, seed: int = 0
+) -> dict:
+    """The fitted mixture model of one metric: `shares` (points x components) and, per point, its seeds
+    x items score matrix (columns aligned across points). Returns the `mixture.json` entry."""
+    shares = np.asarray(shares, dtype=float)
+    means = np.array([np.nanmean(m) if np.isfinite(m).any() else np.nan for m in matrices])
+    keep = np.isfinite(means)
+    shares, means, matrices = shares[keep], means[keep], [m for m, k in zip(matrices, keep) if k]
+    k = len(components)
+    n_quadratic = k + k * (k - 1) // 2
+    quadratic = len(means) >= n_quadratic + 1
+    x = scheffe_matrix(shares, quadratic)
+    terms = scheffe_terms(components, quadratic)
+    points = [
+        {"shares": _as_shares(components, s), "mean": float(m), "n_seeds": int(np.atleast_2d(mat).shape[0]), "n_items": int(np.atleast_2d(mat).shape[1])}
+        for s, m, mat in zip(shares, means, matrices)
+    ]
+    entry: dict = {
+        "model": "scheffe_quadratic" if quadratic else "scheffe_linear",
+        "why": WHY_QUADRATIC if quadratic else WHY_LINEAR.format(n=len(means), q=n_quadratic),
+        "terms": terms,
+        "points": points,
+    }
+    if len(means) < k or np.linalg.matrix_rank(x) < len(terms):
+        return {**entry, "optimum": None, "reason": f"{len(means)} design points with scores cannot determine the {len(terms)} coefficients"}
+    if np.ptp(means) == 0:
+        return {**entry, "optimum": None, "reason": f"flat: every design point scored {means[0]:.6g}; no mixture is better than another"}
+
+    coef, *_ = np.linalg.lstsq(x, means, rcond=None)
+    entry["coefficients"] = dict(zip(terms, map(float, coef)))
+    entry["fit"] = {**_fit_quality(x, means), "n_points": int(len(means)), "n_runs": int(sum(p["n_seeds"] for p in points))}
+    entry["linear_fit"] = _fit_quality(scheffe_matrix(shares, False), means)
+
+    fine = simplex_lattice(k, FINE if k <= 3 else COARSE)
+    surface = scheffe_matrix(fine, quadratic)
+    best = int(np.argmax(surface @ coef))
+    entry["optimum"] = _as_shares(components, fine[best])
+    entry["predicted"] = float(surface[best] @ coef)
+
+    single = all(np.atleast_2d(m).shape[0] == 1 for m in matrices)
+    if single and all(np.atleast_2d(m).shape[1] == 1 for m in matrices):
+        return {**entry, "ci": None, "optimum_region": None, "next_points": _next_points(components, shares, fine[best], None, None),
+                "uncertainty": "none: one number per point (a corpus-level metric and one seed); run seeds to get intervals"}
+    replicates = bootstrap_point_means(matrices, n_resamples, seed)
+    replicates = replicates[np.isfinite(replicates).all(axis=1)]
+    coefs = replicates @ np.linalg.pinv(x).T  # least squares refitted to every replicate
+    entry["coefficient_ci"] = {t: _interval(coefs[:, i]) for i, t in enumerate(terms)}
+    entry["ci"] = _interval(coefs @ surface[best])
+
+    coarse = simplex_lattice(k, COARSE)
+    optima = _argmax_rows(coefs, surface)
+    cell = np.argmin(_distance(fine[optima], coarse), axis=1)  # each replicate's optimum -> nearest coarse cell
+    counts = np.bincount(cell, minlength=len(coarse))
+    order = np.argsort(-counts, kind="stable")
+    taken = order[: int(np.searchsorted(np.cumsum(counts[order]), CONFIDENCE * len(cell)) + 1)]
+    region = coarse[taken]
+    entry["optimum_region"] = {
+        "confidence": CONFIDENCE,
+        "lattice_step": 1 / COARSE,
+        "share_ranges": {c: [float(region[:, i].min()), float(region[:, i].max())] for i, c in enumerate(components)},
+        "points": [_as_shares(components, r) for r in region],
+    }
+    spread = (coefs @ scheffe_matrix(region, quadratic).T).std(axis=0)
+    entry["next_points"] = _next_points(components, shares, fine[best], region, spread)
+    entry["uncertainty"] = (
+        f"two-level bootstrap, {len(coefs)} replicates: test items drawn once per replicate and shared by all points, "
+        "seeds drawn within each point; the model refitted to each"
+        + ("; one seed per point, so the intervals leave out seed-to-seed noise (add seed=1,2,3)" if single else "")
+    )
+    return entry
+
+
+def _argmax_rows(coefs: np.ndarray, surface: np.ndarray, chunk: int = 500) -> np.ndarray:
+    return np.concatenate([np.argmax(coefs[i : i + chunk] @ surface.T, axis=1) for i in range(0, len(coefs), chunk)]) if len(coefs) else np.array([], int)
+
+
+def _next_points(components, run_shares, optimum, region, spread, most: int = 3) -> list[dict]:
+    """Points worth running next: the predicted optimum when no run is near it (it checks the
+    prediction), then the points of the optimum's confidence region where the surface is least certain,
+    each at least NEAR_RUN from every run and every earlier suggestion (they narrow the region most)."""
+    chosen: list[dict] = []
+    taken = np.atleast_2d(run_shares)
+    if _distance(optimum, taken).min() >= NEAR_RUN / 2:
+        chosen.append({"shares": _as_shares(components, optimum), "why": "the predicted optimum, not run yet: checks the prediction"})
+        taken = np.vstack([taken, optimum])
+    if region is None:
+        return chosen
+    for index in np.argsort(-spread, kind="stable"):
+        if len(chosen) >= most:
+            break
+        if _distance(region[index], taken).min() >= NEAR_RUN:
+            chosen.append(
+                {"shares": _as_shares(components, region[index]), "why": f"in the optimum's {CONFIDENCE:.0%} region, prediction spread {spread[index]:.3g}"}
+            )
+            taken = np.vstack([taken, region[index]])
+    return chosen
+
+
+def mixture_report(
+    runs: Sequence, metrics: list[str], score_table: Callable[[str, list], ScoreTable], n_resamples: int = 2000, seed: int = 0
+) -> dict | None:
+    """`mixture.json` for the runs' mixture design, or None when they form none. `score_table(metric,
+    runs)` gives {seed: {item: score}} of runs that trained on one composition."""
+    design = find_design(runs)
+    if design is None:
+        return None
+    budget, components, points = design
+    shares = np.array([p.shares for p in points])
+    result: dict = {
+        "budget": budget,
+        "components": components,
+        "design": [
+            {"shares": _as_shares(components, p.shares), "runs": [str(r.run_dir) for r in p.runs], "seeds": sorted(r.seed for r in p.runs if r.seed is not None)}
+            for p in points
+        ],
+        "method": __doc__.split("\n\n")[2].replace("\n", " "),
+        "metrics": {},
+        "skipped": {},
+    }
+    for metric in metrics:
+        if metric.split("/")[-1] in NOT_SCORES:
+            result["skipped"][metric] = "not a score: nothing to maximise"
+            continue
+        tables = [score_table(metric, p.runs) for p in points]
+        items: list[Hashable] = list(dict.fromkeys(key for t in tables for s in sorted(t) for key in t[s]))
+        matrices = [score_matrix(t, items)[2] if t else np.full((1, max(1, len(items))), np.nan) for t in tables]
+        result["metrics"][metric] = fit_mixture(components, shares, matrices, n_resamples, seed)
+    return result
+
+
+def surface_grid(entry: dict, components: list[str], steps: int = 60) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lattice shares, fitted values) of a metric's fitted model, for plotting; None without a fit."""
+    if not entry.get("coefficients"):
+        return None
+    quadratic = entry["model"] == "scheffe_quadratic"
+    grid = simplex_lattice(len(components), steps)
+    coef = np.array([entry["coefficients"][t] for t in scheffe_terms(components, quadratic)])
+    return grid, scheffe_matrix(grid, quadratic) @ coef
