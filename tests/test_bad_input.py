@@ -118,6 +118,22 @@ def test_a_row_repeated_200_times_is_counted_and_dropped_kept_or_refused(tmp_pat
     assert native["rows"] == distinct + (200 if action == "keep" else 0)
 
 
+def test_a_test_item_longer_than_the_model_reads_is_left_out_and_counted(tmp_path):
+    tests = tmp_path / "native_test"
+    shutil.copytree(SAMPLE / "native" / "test", tests)
+    rows = (tests / "mcqu.jsonl").read_text(encoding="utf-8").splitlines()
+    long = json.loads(rows[0])
+    long["instruction"] = "Un patient présente une longue histoire clinique. " * 2000  # ~100k characters
+    (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(long, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
+    result = _cli("train.py", *QUICK, "eval.limit=3", f"eval.test_sets.native.files=[{tests}]", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    assert metrics["eval/native/mcqu/skipped_too_long"] == 1 and metrics["eval/native/mcqu/n"] == 2
+    assert metrics["eval/translated/mcqu/skipped_too_long"] == 0 and metrics["eval/translated/mcqu/n"] == 3
+    predictions = (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(predictions) == 5
+
+
 # ------------------------------------------------------------------------------------------ ends
 
 def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_completes(tmp_path):

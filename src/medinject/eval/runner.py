@@ -207,6 +207,17 @@ class Evaluator:
                 record.update({"judge": verdict, "judge_output": raw})
         return {k: float(v) for k, v in metrics.items()}, records
 
+    def _fitting(self, model, tokenizer, task: str, items: list[Example], prompts: list[str]):
+        """The items whose prompt and answer fit the model's context, and how many did not: a test
+        item longer than the model can read is left out and counted (`skipped_too_long`), never cut
+        (a cut prompt asks another question) and never a crash in the middle of evaluation."""
+        ev = self.cfg.eval
+        configured = ev.oeq_max_new_tokens if task == TaskType.oeq.value else ev.max_new_tokens
+        room = context_length(model, tokenizer)
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        keep = [i for i, (item, n) in enumerate(zip(items, lengths)) if n + new_tokens(ev.protocol, task, len(item.options), configured) <= room]
+        return [items[i] for i in keep], [prompts[i] for i in keep], len(items) - len(keep)
+
     def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
         """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per item)."""
         was_training = model.training
@@ -216,11 +227,18 @@ class Evaluator:
         for set_name, by_task in test_items.items():
             for task, items in by_task.items():
                 prompts = item_prompts(self.cfg, tokenizer, items)
-                if task == TaskType.oeq.value:
+                items, prompts, too_long = self._fitting(model, tokenizer, task, items, prompts)
+                if too_long:
+                    log.warning("eval/%s/%s: %d item(s) left out: prompt and answer exceed the model's %d tokens",
+                                set_name, task, too_long, context_length(model, tokenizer))
+                if not items:
+                    task_metrics, task_records = {}, []
+                elif task == TaskType.oeq.value:
                     task_metrics, task_records = self._open_answers(model, tokenizer, set_name, items, prompts)
                 else:
                     task_metrics, task_records = self._multiple_choice(model, tokenizer, set_name, task, items, prompts)
                 task_metrics["n"] = float(len(items))
+                task_metrics["skipped_too_long"] = float(too_long)
                 for name, value in task_metrics.items():
                     metrics[f"eval/{set_name}/{task}/{name}"] = value
                 log.info("eval/%s/%s: %s", set_name, task, ", ".join(f"{k}={v:.3f}" for k, v in task_metrics.items()))
@@ -244,6 +262,12 @@ class Evaluator:
 def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
     """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first."""
     return Evaluator(cfg, device=model_device(model)).run(model, tokenizer, test_items)
+
+
+def context_length(model, tokenizer) -> int:
+    """Tokens the model reads at most: its position embeddings, or the tokenizer's limit if lower."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
+    return min(positions, tokenizer.model_max_length)
 
 
 def model_device(model) -> str:

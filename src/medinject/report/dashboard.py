@@ -29,7 +29,7 @@ from medinject.util.io import write_json_atomic
 
 SPEC = "dashboard.json"
 SPEC_VERSION = 1
-SKIPPED_SUFFIXES = ("/n", "/n_unparsable")  # counts, not scores
+SKIPPED_SUFFIXES = ("/n", "/n_unparsable", "/skipped_too_long")  # counts, not scores
 
 
 def build_spec(sweep_dir: Path) -> dict:
