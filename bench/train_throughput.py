@@ -1,21 +1,28 @@
 """Training throughput: medinject's Lightning path against TRL's SFTTrainer, same data, model, adapter and steps.
 
-    python bench/train_throughput.py [--adapter qlora|lora] [--device cpu|cuda] [--model tiny-256|qwen3-4b-shape]
+    python bench/train_throughput.py [--adapter qlora|lora] [--device cpu|cuda] [--shape tiny-256|qwen3-vocab|qwen3-4b-shape]
+                                     [--loss all|completion]
                                      [--steps 8] [--warmup 2] [--max-length 512] [--batch-size 8] [--grad-accum 2]
                                      [--repeats 1] [--peers medinject,trl] [--json OUT] [overrides...]
 
 Both peers train the same model, loaded and wrapped once per run by medinject's loader (a Qwen3-shaped
 model with random weights built offline; NF4 4-bit base + LoRA r=16 on the 7 projections, or plain
 LoRA; TRL receives the wrapped PeftModel), on the same tokenized examples (the bundled sample, all three
-sources, through medinject's prepare/tokenize path, loss on the whole sequence), with the same examples
+sources, through medinject's prepare/tokenize path), with the same objective, with the same examples
 per optimizer step (`--batch-size` per micro-batch x `--grad-accum`), the same max length, learning
 rate and schedule, clipping, AdamW and precision (fp32 on CPU, bf16 autocast on CUDA):
 
 * medinject: the real `L.Trainer` + `AdapterFineTuning` + `InstructionDataModule`, padding-free
   batches (a micro-batch's examples back to back in one row).
 * TRL: `SFTTrainer` configured like the MedInjection-FR study's released script: right-padded
-  batches grouped by length, loss on the full sequence (`completion_only_loss=False`,
-  `assistant_only_loss=False`), no packing, no padding-free.
+  batches grouped by length, no packing, no padding-free, its installed version's default loss
+  otherwise (TRL 1.16: `nll`, which never holds the full logits either).
+
+`--loss all` (default; the study's objective): loss on the whole sequence for both peers
+(`data.completion_only_loss=false`; TRL gets the labels and `completion_only_loss=False`).
+`--loss completion`: the prompt is masked out of the loss. medinject: `data.completion_only_loss=true`;
+TRL: its own completion-only loss on prompt-completion data (`completion_only_loss=True`, the examples
+as `input_ids` + `completion_mask`, from which TRL builds the labels itself).
 
 Each run is a fresh subprocess, so its peak RSS (and on CUDA `torch.cuda.max_memory_allocated` during
 training) is its own. After `--warmup` optimizer steps, the next `--steps` are timed: the non-pad
@@ -23,7 +30,12 @@ tokens of the micro-batches the trainers ran in them (counted on the batches, wi
 step) over the seconds they took. Pad fraction = pad tokens / all tokens fed. With `--repeats N` the
 peers alternate N times and medians are reported (a shared 2-vCPU machine is noisy).
 
-`--model qwen3-4b-shape` is Qwen3-4B's architecture (hidden 2560, 36 layers, 32/8 heads, vocab 151936,
+`--shape qwen3-vocab` (alias of `--model`) is the tiny-256 shape with Qwen3's real 151,936-token
+vocabulary: the output projection and the loss over the vocabulary, which the 2,048-token tiny
+vocabulary hides, then cost what they cost at the study's scale (per token, relative to the layers:
+more, as the hidden size is small), on 2 CPU cores.
+
+`--shape qwen3-4b-shape` is Qwen3-4B's architecture (hidden 2560, 36 layers, 32/8 heads, vocab 151936,
 tied embeddings) with random bf16 weights, built once into `--cache` (about 8 GB); it is meant for
 `--device cuda`, where gradient checkpointing is on by default (as in `trainer=gpu`).
 """
@@ -45,14 +57,18 @@ from pathlib import Path
 from medinject.sweep.estimate import QWEN3_4B_INSTRUCT_2507
 
 TARGET_RATIO, TARGET_PAD = 1.5, 0.03
+TARGET_RATIO_ALL_QWEN3_VOCAB = 1.0  # whole-sequence loss over Qwen3's vocabulary: both peers chunk the loss
 
 MODELS = {
     # a Qwen3-shaped model big enough that the matrix work dominates, built by medinject's tiny builder
     "tiny-256": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32},
+    # the same with Qwen3's vocabulary (the tokenizer trained on the sample has fewer tokens: the rest are never seen)
+    "qwen3-vocab": {"vocab_size": QWEN3_4B_INSTRUCT_2507.vocab_size, "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+                    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32},
     # Qwen3-4B's shapes (the ones the memory estimate uses), random weights (built from the config only)
     "qwen3-4b-shape": dataclasses.asdict(QWEN3_4B_INSTRUCT_2507),
 }
-TINY_256_OVERRIDES = [f"model.build_tiny.{k}={v}" for k, v in MODELS["tiny-256"].items()]
+TINY_OVERRIDES = {name: [f"model.build_tiny.{k}={v}" for k, v in MODELS[name].items()] for name in ("tiny-256", "qwen3-vocab")}
 
 
 def compose(args):
@@ -67,7 +83,7 @@ def compose(args):
         f"paths.cache_dir={args.cache}",
         "data=native+synthetic+translated",
         "mix=natural",  # every training row of the sample once
-        "data.completion_only_loss=false",  # the study's full-sequence loss, for both peers
+        f"data.completion_only_loss={str(args.loss == 'completion').lower()}",  # the same objective for both peers
         f"data.max_length={args.max_length}",
         f"adapter={args.adapter}",
         f"trainer={'gpu' if cuda else 'cpu'}",
@@ -79,8 +95,8 @@ def compose(args):
         f"optim.lr={args.lr}",
         "logger=none",
     ]
-    if args.model == "tiny-256":
-        overrides += TINY_256_OVERRIDES
+    if args.model in TINY_OVERRIDES:
+        overrides += TINY_OVERRIDES[args.model]
         if cuda:
             overrides.append("model.dtype=bfloat16")
     else:
@@ -236,10 +252,10 @@ def run_trl(cfg, args, meter: Meter) -> None:
         use_cpu=not cuda,
         # the model comes prepared by medinject's loader (adapter, k-bit preparation, checkpointing)
         gradient_checkpointing=False,
-        # the study's script: padded batches grouped by length, full-sequence loss, no packing
+        # the study's script: padded batches grouped by length, no packing
         packing=False,
         padding_free=False,
-        completion_only_loss=False,
+        completion_only_loss=args.loss == "completion",
         assistant_only_loss=False,
         max_length=args.max_length,
         logging_steps=cfg.trainer.log_every_n_steps,
@@ -269,8 +285,13 @@ def run_trl(cfg, args, meter: Meter) -> None:
             meter.count(inputs)
             return super().training_step(model, inputs, *rest, **kwargs)
 
+    train_set = datamodule.train_set
+    if args.loss == "completion":
+        # prompt-completion data as TRL's own tokenization leaves it: TRL builds the labels from the mask
+        train_set = train_set.map(lambda labels: {"completion_mask": [int(t != -100) for t in labels]}, input_columns="labels")
+        train_set = train_set.remove_columns("labels")
     trainer = MeteredSFTTrainer(
-        model=model, args=config, train_dataset=datamodule.train_set, processing_class=tokenizer, callbacks=[Timing()]
+        model=model, args=config, train_dataset=train_set, processing_class=tokenizer, callbacks=[Timing()]
     )
     reset_peak(args)
     trainer.train()
@@ -308,7 +329,7 @@ def prepare(args) -> None:
     from medinject.data.prepare import prepare_data
     from medinject.model.tiny import ensure_tiny
 
-    tiny_args = argparse.Namespace(**{**vars(args), "model": "tiny-256"})
+    tiny_args = argparse.Namespace(**{**vars(args), "model": args.model if args.model in TINY_OVERRIDES else "tiny-256"})
     tiny_cfg = compose(tiny_args)
     tiny = ensure_tiny(tiny_cfg.model.path, tiny_cfg.model.build_tiny, tiny_cfg.model.model_max_length)
     if args.model == "qwen3-4b-shape":
@@ -328,7 +349,7 @@ def prepare(args) -> None:
 
 def spawn(args, peer: str) -> dict:
     argv = [sys.executable, __file__, "--child", peer]
-    for key in ("adapter", "device", "steps", "warmup", "model", "max_length", "batch_size", "grad_accum", "lr", "cache"):
+    for key in ("adapter", "device", "steps", "warmup", "model", "loss", "max_length", "batch_size", "grad_accum", "lr", "cache"):
         argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     argv.append("--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing")
     argv += list(args.overrides)
@@ -343,7 +364,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", choices=["qlora", "lora"], default="qlora")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--model", choices=sorted(MODELS), default="tiny-256")
+    parser.add_argument("--model", "--shape", dest="model", choices=sorted(MODELS), default="tiny-256")
+    parser.add_argument("--loss", choices=["all", "completion"], default="all",
+                        help="all: loss on the whole sequence (the study's); completion: the prompt masked out")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps before timing (at least 1)")
     parser.add_argument("--max-length", type=int, default=512)
@@ -370,6 +393,8 @@ def main() -> None:
         return
 
     import torch
+    import transformers
+    import trl
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
@@ -399,7 +424,7 @@ def main() -> None:
     gpu = args.device == "cuda"
     device_name = torch.cuda.get_device_name() if gpu else f"cpu, {torch.get_num_threads()} threads"
     print()
-    print(f"{args.model}, {args.adapter}, {device_name}; {args.batch_size} examples x {args.grad_accum} micro-batches per step, "
+    print(f"{args.model}, {args.adapter}, loss on {args.loss}, {device_name}; {args.batch_size} examples x {args.grad_accum} micro-batches per step, "
           f"max length {args.max_length}, {args.steps} timed steps after {args.warmup}; median of {args.repeats}")
     print("| peer | non-pad tokens/s | pad fraction | peak RSS (GB) |" + (" peak GPU (GB) |" if gpu else ""))
     print("|---|---|---|---|" + ("---|" if gpu else ""))
@@ -409,8 +434,11 @@ def main() -> None:
     if "medinject" in summary and "trl" in summary:
         ratio = summary["medinject"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
         pad = summary["medinject"]["pad_fraction"]
-        print(f"\nmedinject / TRL non-pad tokens/s: {ratio:.2f}x (target >= {TARGET_RATIO}x); "
-              f"medinject pad fraction {pad:.2%} (target <= {TARGET_PAD:.0%}); torch {torch.__version__}")
+        target = TARGET_RATIO_ALL_QWEN3_VOCAB if (args.model, args.loss) == ("qwen3-vocab", "all") else TARGET_RATIO
+        rss = summary["medinject"]["peak_rss_gb"] / summary["trl"]["peak_rss_gb"]
+        print(f"\npeak RSS medinject / TRL: {rss:.2f} (target <= 1); medinject pad fraction {pad:.2%} (target <= {TARGET_PAD:.0%}); "
+              f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+        print(f"medinject / TRL non-pad tokens/s: {ratio:.2f}x (target >= {target}x)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k != "child"},

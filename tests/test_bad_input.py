@@ -188,6 +188,9 @@ def test_a_completed_run_whose_adapter_was_deleted_is_not_skipped(tmp_path):
     output = again.stderr + again.stdout
     assert "already completed; skipped" not in output and "adapter/adapter_config.json is missing or damaged" in output
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "completed" and record["train"]["resumed_from_step"] == 2
+    assert isinstance(record["metrics"]["train/probe_loss_end"], float)  # measured although no step was left to train
 
 
 # ------------------------------------------------------------------------------------------ other tools

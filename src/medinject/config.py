@@ -233,6 +233,11 @@ class JudgeRubric(str, Enum):
     released = "released"  # the study's released judge: English system prompt, 1 new token, \b[01]\b
 
 
+class EvalBackend(str, Enum):
+    hf = "hf"  # transformers' generate (and medinject's shared-prefill multiple-choice decoding)
+    vllm = "vllm"  # a vLLM engine (the `vllm` extra), same prompts, allowed tokens and letter rule
+
+
 class JudgeBackend(str, Enum):
     none = "none"
     local = "local"  # a transformers model (local folder or hub id), batched greedy generation
@@ -272,6 +277,9 @@ class EvalConfig:
     bertscore_layer: int = -1
     length_bins: int = 4  # answer-length quantile bins for the length-controlled judge score
     limit: Optional[int] = None  # at most this many items per test set and task (None: all)
+    # conf/eval/default.yaml: vllm when the run trains on GPUs (trainer=gpu / ddp), hf on the CPU
+    backend: EvalBackend = EvalBackend.hf
+    vllm_gpu_memory_utilization: float = control(0.8)  # share of the GPU's memory the vLLM engine reserves
     # None: the device the run trained on (the trainer's root device); or e.g. "cuda:0", "cpu".
     # BERTScore's encoder runs there too.
     device: Optional[str] = control(None)
@@ -350,6 +358,9 @@ def register() -> None:
     if not OmegaConf.has_resolver("medinject.gpus"):
         # GPUs per node for the SLURM launcher: the trainer's devices on GPU, none on CPU
         OmegaConf.register_new_resolver("medinject.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0)
+    if not OmegaConf.has_resolver("medinject.eval_backend"):
+        # eval.backend's default: vLLM where the run trains on GPUs, transformers on the CPU
+        OmegaConf.register_new_resolver("medinject.eval_backend", lambda accelerator: "vllm" if accelerator in ("gpu", "cuda") else "hf")
     if not OmegaConf.has_resolver("medinject.run_name"):
         # `${medinject.run_name:}` in hydra.run.dir / hydra.sweep.subdir; `_root_` is the whole job config
         OmegaConf.register_new_resolver("medinject.run_name", lambda *, _root_: run_name(_root_))

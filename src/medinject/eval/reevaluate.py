@@ -27,7 +27,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from peft import PeftModel
 
     from medinject.data.prepare import load_test_sets
-    from medinject.eval.runner import Evaluator, eval_items, evaluation_record
+    from medinject.eval.runner import eval_items, evaluate_model, evaluation_record
     from medinject.model.load import load_tokenizer_and_model
     from medinject.util.device import default_device
     from medinject.util.secrets import redact
@@ -58,7 +58,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
         raise UserError(f"{adapter}: cannot load the adapter ({one_line(err)}); the files are damaged") from None
     test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
     started = time.perf_counter()
-    metrics, predictions = Evaluator(cfg, device=device).run(model, tokenizer, eval_items(cfg, test_rows))
+    metrics, predictions = evaluate_model(model, tokenizer, cfg, eval_items(cfg, test_rows))  # eval.backend decides how
     write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)
     results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
     results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)

