@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU check, first thing to run wherever a CUDA GPU is available (< 5 minutes on one GPU):
 # the `gpu` tests (tests/test_gpu.py: QLoRA and DoRA runs of the tiny model through the real CLI on
-# CUDA, re-evaluation on CUDA, DDP when two GPUs are present), with the card, times and peak memory.
+# CUDA, re-evaluation on CUDA, DDP when two GPUs are present; tests/test_loss.py: the CUDA loss path),
+# with the card, times and peak memory.
 #
 #   bash bench/gpu_check.sh                 # in an environment with medinject installed (pip install -e .)
 #   PYTHON=python3 bash bench/gpu_check.sh  # another interpreter
@@ -18,10 +19,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "gpu check: no nvidia-smi here"
 $PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"
 start=$(date +%s)
-$PYTHON -m pytest -q -m gpu tests/test_gpu.py -s -rA -p no:cacheprovider 2>&1 | grep -E "gpu-check:|passed|failed|skipped|error|Error" || true
-status=${PIPESTATUS[0]}
+log=${TMPDIR:-/tmp}/medinject-gpu-check.log
+set +e
+$PYTHON -m pytest -q -m gpu tests/test_gpu.py tests/test_loss.py -s -rA -p no:cacheprovider >"$log" 2>&1
+status=$?
+set -e
+grep -E "gpu-check:|passed|failed|skipped|error|Error" "$log" || tail -n 40 "$log"
 echo "gpu check: $(( $(date +%s) - start )) s in all, pytest exit status $status"
 exit "$status"
