@@ -6,6 +6,7 @@ returns) and keeps the reason for the sweeper's one-line error."""
 
 from __future__ import annotations
 
+import getpass
 import logging
 import re
 import subprocess
@@ -43,15 +44,15 @@ class NeverStartsWatch(threading.Thread):
         self.grace_s = grace_s
         self.interval_s = interval_s
         self.reason: str | None = None  # the one line, once the watch gave up on the sweep
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._first_seen: dict[str, float] = {}
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=self.interval_s + 5)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             try:
                 if self._check():
                     return
@@ -67,10 +68,13 @@ class NeverStartsWatch(threading.Thread):
         ids = self.job_ids()
         if not ids:
             return False
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30).stdout
+        # the user's queue, filtered here: `squeue -j` with an id the cluster has already purged fails outright
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True, text=True, timeout=30).stdout
         now = time.monotonic()
         for line in out.splitlines():
             job, state, reason = (line.split("|") + ["", ""])[:3]
+            if job.split("_")[0] not in ids:
+                continue
             reason = reason.split(",")[0].strip()
             if state != "PENDING" or reason not in NEVER_STARTS:
                 self._first_seen.pop(job, None)
