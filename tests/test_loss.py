@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import compose_cfg
+from test_fast_path import OVERRIDES, _model
 
 from medinject.data.prepare import prepare_data
-from medinject.model.load import attach_adapter, load_tokenizer_and_model
 from medinject.train.datamodule import InstructionDataModule, collate_padded, collate_padding_free
 from medinject.train.lit import AdapterFineTuning
 from medinject.train.loss import causal_lm_loss, linear_cross_entropy
@@ -20,13 +20,8 @@ from medinject.train.loss import causal_lm_loss, linear_cross_entropy
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = compose_cfg("data=native+synthetic+translated", "mix=natural", "data.cache=false", "adapter.dropout=0.0")
-    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
-    model = attach_adapter(base, cfg.adapter, gradient_checkpointing=False)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():  # non-zero B matrices: the adapters take part
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+    cfg = compose_cfg(*OVERRIDES)
+    tokenizer, model = _model(cfg)  # the adapter with non-zero B matrices, as in test_fast_path
     prepared = prepare_data(cfg)
     module = InstructionDataModule(cfg, tokenizer, prepared.examples, prepared.manifest["files"])
     module.setup("fit")
