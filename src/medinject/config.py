@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+import functools
 import hashlib
 import json
 import os
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -430,15 +431,17 @@ def check_settings(cfg: DictConfig) -> None:
         )
 
 
-def control_keys(schema=RunConfig, prefix: str = "") -> list[str]:
+@functools.cache
+def control_keys(schema=RunConfig, prefix: str = "") -> tuple[str, ...]:
     """Dotted names of every run-control field of the schema (see `control`)."""
-    keys = []
+    keys: list[str] = []
+    types = get_type_hints(schema)  # resolves the string annotations of `from __future__ import annotations`
     for f in fields(schema):
         if f.metadata.get("run_control"):
             keys.append(prefix + f.name)
-        elif is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _DATACLASSES):
-            keys += control_keys(_DATACLASSES[f.type] if isinstance(f.type, str) else f.type, f"{prefix}{f.name}.")
-    return keys
+        elif is_dataclass(types[f.name]):
+            keys += control_keys(types[f.name], f"{prefix}{f.name}.")
+    return tuple(keys)
 
 
 # Run identity: a short hash of what decides a run's result. The run directory (`<data>-s<seed>-<key>`)
@@ -480,5 +483,4 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-_DATACLASSES = {name: obj for name, obj in globals().items() if is_dataclass(obj)}  # for `from __future__` string annotations
 register()

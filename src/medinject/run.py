@@ -7,7 +7,6 @@ multirun never share state; each stage is a function of its own package.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,9 +23,9 @@ from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, 
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
-from medinject.util.errors import Interrupted, one_line
+from medinject.util.errors import Interrupted, UserError, one_line
 from medinject.util.lock import ending_signals, run_lock
-from medinject.util.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +151,10 @@ def global_rank() -> int:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON, or None when it is missing or damaged (a run that never got that far)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path)
+    except UserError:
         return None
 
 
@@ -177,8 +177,8 @@ def _missing_outputs(out_dir: Path, record: dict) -> str | None:
 
     evaluated = sum(v for k, v in record.get("metrics", {}).items() if k.startswith("eval/") and k.endswith("/n"))
     try:
-        lines = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError):
+        lines = read_jsonl(out_dir / "predictions.jsonl")
+    except UserError:
         return "predictions.jsonl is missing or damaged"
     if len(lines) != evaluated:
         return f"predictions.jsonl has {len(lines)} of its {evaluated:.0f} items"

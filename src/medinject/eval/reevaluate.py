@@ -29,8 +29,6 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import eval_items, evaluate_model, evaluation_record
     from medinject.model.load import load_tokenizer_and_model
-    from medinject.util.device import default_device
-    from medinject.util.secrets import redact
 
     results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
     for path in (results_path, config_path, adapter / "adapter_config.json"):
@@ -51,7 +49,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     cfg.paths.output_dir = str(run_dir)
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
-    device = cfg.eval.device or default_device(cfg.trainer.accelerator)
+    device = cfg.eval.device or _default_device(cfg.trainer.accelerator)
     try:
         model = PeftModel.from_pretrained(base, str(adapter)).to(device)
     except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
@@ -65,8 +63,18 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results.setdefault("devices", {})["eval"] = device
     results["eval"] = evaluation_record(cfg)
     results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
-    write_json_atomic(results_path, redact(results))
+    write_json_atomic(results_path, results)  # the writer masks credentials
     return metrics
+
+
+def _default_device(accelerator: str) -> str:
+    """No run placed the model here: the first GPU when the run's trainer used one and CUDA is
+    there, else the CPU."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,6 @@ With `dry_run=true` it launches nothing: `medinject.sweep.plan` prints what each
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from medinject.util.errors import UserError, one_line
-from medinject.util.io import write_json_atomic
+from medinject.util.io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +174,6 @@ def _exit(status: int, message: str) -> None:
 
 def _read_results(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path)
+    except UserError:  # no word from the job, and nothing readable it left
         return {}
