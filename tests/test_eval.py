@@ -84,10 +84,11 @@ def test_constrained_decoding_only_emits_allowed_tokens(tiny):
     new = out[:, encoded["input_ids"].shape[1] :]
     assert set(new.flatten().tolist()) <= set(allowed) | {tokenizer.pad_token_id}
     assert set(new[:, 0].tolist()) <= set(letters)  # never an empty answer
-    texts, first = generate(model, tokenizer, prompts, 4, 6, "t", AllowedTokens([allowed] * 6, [letters] * 6))
+    texts, first = generate(model, tokenizer, prompts, 4, 6, "t", AllowedTokens([allowed] * 6, [letters] * 6), [letters] * 6)
     assert all(t.strip() and set(t) <= set("ABC, ") for t in texts)
     assert not any(re.search("[ABC]{2}", t) for t in texts)  # a letter is followed by a separator or the end
-    assert len(first[0]) == model.config.vocab_size
+    # only the option letters' first-step logits are kept, never a copy of the whole vocabulary
+    assert all(list(f) == letters for f in first)
 
 
 @pytest.mark.parametrize("text,verdict", [("1", 1), ("0", 0), (" 1.", 1), ("**0**", 0), ("1 - la réponse couvre", 1), ("10", None), ("Oui", None), ("", None)])
@@ -183,9 +184,12 @@ def test_shared_prefill_decoding_equals_two_generate_calls(tiny):
         f"<|im_start|>user\n{'Question longue sur le traitement. ' * n}Réponse ?<|im_end|>\n<|im_start|>assistant\n" for n in (1, 5, 2, 9, 3)
     ]
     greedy = generate(model, tokenizer, prompts, 1, 6, "g")
-    constrained, first = generate(model, tokenizer, prompts, 1, 6, "c", AllowedTokens([allowed] * 5, [letters] * 5))
-    shared_greedy, shared_constrained, shared_first = decode_choices(model, tokenizer, prompts, 4, 6, AllowedTokens([allowed] * 5, [letters] * 5), "s")
+    constrained, first = generate(model, tokenizer, prompts, 1, 6, "c", AllowedTokens([allowed] * 5, [letters] * 5), [letters] * 5)
+    shared_greedy, shared_constrained, shared_first = decode_choices(
+        model, tokenizer, prompts, 4, 6, AllowedTokens([allowed] * 5, [letters] * 5), [letters] * 5, "s"
+    )
     assert shared_greedy == greedy
     assert shared_constrained == constrained
     for a, b in zip(first, shared_first):
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-4)
+        assert list(a) == list(b) == letters  # the letters' logits only, not the vocabulary
+        torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())), rtol=1e-4, atol=1e-4)

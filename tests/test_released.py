@@ -14,7 +14,7 @@ import torch
 from conftest import compose_cfg
 from medinject.config import EvalProtocol
 from medinject.eval import decoding
-from medinject.eval.decoding import AllowedTokens, decode_choices, generate, new_tokens
+from medinject.eval.decoding import AllowedTokens, decode_choices, generate, new_tokens, option_token_ids
 from medinject.eval.judge import RELEASED_SYSTEM_PROMPT, Judge, parse_verdict_released
 from medinject.eval.letters import join_letters, parse_letters_released
 from medinject.eval.runner import metric_module
@@ -70,12 +70,14 @@ def test_shared_prefill_with_per_item_limits_equals_separate_generate_calls(tiny
     limits = [1, 2 * 4, 1, 2 * 5, 3]
     prompts = [f"<|im_start|>user\n{'Question longue sur le traitement. ' * n}Réponse ?<|im_end|>\n<|im_start|>assistant\n" for n in (1, 5, 2, 9, 3)]
     constraint = AllowedTokens.for_items(tokenizer, options, RELEASED)
+    letters = [option_token_ids(tokenizer, opts) for opts in options]
     greedy = generate(model, tokenizer, prompts, 1, limits, "g")
-    constrained, first = generate(model, tokenizer, prompts, 1, limits, "c", constraint)
-    shared_greedy, shared_constrained, shared_first = decode_choices(model, tokenizer, prompts, 4, limits, constraint, "s")
+    constrained, first = generate(model, tokenizer, prompts, 1, limits, "c", constraint, letters)
+    shared_greedy, shared_constrained, shared_first = decode_choices(model, tokenizer, prompts, 4, limits, constraint, letters, "s")
     assert shared_greedy == greedy and shared_constrained == constrained
-    for a, b in zip(first, shared_first):
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-4)
+    for a, b, ids in zip(first, shared_first, letters):
+        assert list(a) == list(b) == ids
+        torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())), rtol=1e-4, atol=1e-4)
     for text, limit, allowed in zip(shared_constrained, limits, constraint.allowed):
         ids = _ids(tokenizer, text)
         assert len(ids) <= limit and set(ids) <= set(allowed)

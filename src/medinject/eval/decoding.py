@@ -7,6 +7,8 @@ here and nowhere else (`AllowedTokens.for_items`, `new_tokens`): every generatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -47,6 +49,24 @@ def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
     if None in ids:
         raise UserError(f"eval.constrained: option letter {options[ids.index(None)]!r} is not a single token of this tokenizer")
     return ids
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """The tokens every backend stops generating on: the tokenizer's EOS and the `eos_token_id` of the
+    model's generation config (Qwen3 instruct models list <|im_end|> and <|endoftext|> there), the set
+    vLLM stops on by itself. `model`: a loaded model, or the folder a vLLM engine loads."""
+    if model is None or isinstance(model, (str, Path)):
+        from transformers import GenerationConfig
+
+        try:
+            config = GenerationConfig.from_pretrained(str(model)) if model is not None else None
+        except OSError:  # no generation_config.json there
+            config = None
+    else:
+        config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    extra = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted({tokenizer.eos_token_id, *extra})
 
 
 def end_token_ids(tokenizer) -> list[int]:
@@ -133,17 +153,21 @@ def generate(
     max_new_tokens: int | list[int],
     desc: str,
     constraint: AllowedTokens | None = None,
-) -> list[str] | tuple[list[str], list[list[float]]]:
-    """Greedy generation in left-padded batches of similar length, outputs in the order of `prompts`.
+    letters: list[list[int]] | None = None,
+) -> list[str] | tuple[list[str], list[dict[int, float]]]:
+    """Greedy generation in left-padded batches of similar length, outputs in the order of `prompts`,
+    stopping on `stop_token_ids`.
 
     `max_new_tokens`: one limit for all, or one per prompt (a batch runs to its longest limit and
     each row is cut at its own: greedy rows do not depend on each other). With `constraint`,
-    decoding is constrained by it and each prompt's raw first-step logits are returned as well. The
-    text is decoded from the generated tokens only, never from the prompt."""
+    decoding is constrained by it and each prompt's raw first-step logits of its `letters` tokens are
+    returned as well ({token id: logit}; never the whole vocabulary). The text is decoded from the
+    generated tokens only, never from the prompt."""
     limits = _limits(max_new_tokens, len(prompts))
     outputs: list[str] = [""] * len(prompts)
-    first_step: list[list[float]] = [[] for _ in prompts]
+    first_step: list[dict[int, float]] = [{} for _ in prompts]
     device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer, model)
     for batch, encoded in _encoded_batches(tokenizer, prompts, batch_size, device, desc):
         extra = {}
         if constraint is not None:
@@ -158,7 +182,7 @@ def generate(
             do_sample=False,
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,
             **extra,
         )
         sequences = generated.sequences if constraint is not None else generated
@@ -167,34 +191,41 @@ def generate(
         for row, (i, text) in enumerate(zip(batch, texts)):
             outputs[i] = text
             if constraint is not None:
-                first_step[i] = generated.logits[0][row].float().tolist()
+                first_step[i] = _letter_logits(generated.logits[0][row], letters[i])
     return (outputs, first_step) if constraint is not None else outputs
+
+
+def _letter_logits(logits: torch.Tensor, letters: list[int]) -> dict[int, float]:
+    """{token id: logit} of the option letters in one row of first-step logits."""
+    return dict(zip(letters, logits[letters].float().tolist()))
 
 
 @torch.no_grad()
 def decode_choices(
-    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int | list[int], constraint: AllowedTokens, desc: str
-) -> tuple[list[str], list[str], list[list[float]]]:
+    model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int | list[int], constraint: AllowedTokens,
+    letters: list[list[int]], desc: str,
+) -> tuple[list[str], list[str], list[dict[int, float]]]:
     """Greedy and constrained decodings of every prompt from one shared prefill.
 
     Each batch's prompts are encoded once (the costly part: prompts are long, answers a few tokens);
     the KV cache is then duplicated so that row 2i continues greedily and row 2i+1 under the
     constraint, both in the same forward passes. Positions follow left padding the way
     `generate` computes them, so the outputs equal two separate `generate` calls (checked in tests).
-    A row stops at EOS or at its own limit (`max_new_tokens`, one for all or one per prompt).
-    Returns (greedy texts, constrained texts, raw first-step logits), in the order of `prompts`."""
+    A row stops at a `stop_token_ids` token or at its own limit (`max_new_tokens`, one for all or one
+    per prompt). Returns (greedy texts, constrained texts, raw first-step logits of each prompt's
+    `letters` as {token id: logit}), in the order of `prompts`."""
     limits = _limits(max_new_tokens, len(prompts))
     greedy_out, constrained_out = [""] * len(prompts), [""] * len(prompts)
-    first_logits: list[list[float]] = [[] for _ in prompts]
+    first_logits: list[dict[int, float]] = [{} for _ in prompts]
     device = next(model.parameters()).device
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops, pad = torch.tensor(stop_token_ids(tokenizer, model), device=device), tokenizer.pad_token_id
     for batch, encoded in _encoded_batches(tokenizer, prompts, batch_size, device, desc):
         attention = encoded["attention_mask"]
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
         out = model(input_ids=encoded["input_ids"], attention_mask=attention, position_ids=positions, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         for row, i in enumerate(batch):
-            first_logits[i] = logits[row].tolist()
+            first_logits[i] = _letter_logits(logits[row], letters[i])
         cache.batch_repeat_interleave(2)
         attention = attention.repeat_interleave(2, dim=0)
         logits = logits.repeat_interleave(2, dim=0)
@@ -209,7 +240,7 @@ def decode_choices(
             scores[constrained_rows] = scores[constrained_rows].masked_fill(mask, float("-inf"))
             chosen = scores.argmax(dim=-1).masked_fill(finished, pad)
             steps.append(chosen)
-            finished |= (chosen == eos) | (row_limits <= step + 1)
+            finished |= torch.isin(chosen, stops) | (row_limits <= step + 1)
             if bool(finished.all()):
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)

@@ -141,14 +141,14 @@ class Evaluator:
         limits = [new_tokens(protocol, task, len(item.options), ev.max_new_tokens) for item in items]
         if ev.constrained:
             constraint = AllowedTokens.for_items(tokenizer, [item.options for item in items], protocol)
+            letters = [option_token_ids(tokenizer, item.options) for item in items]
             if self.engine is not None:
-                letters = [option_token_ids(tokenizer, item.options) for item in items]
                 greedy, constrained, first = self.engine.decode_choices(prompts, limits, constraint, letters)
             elif ev.batch_size > 1:
-                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, limits, constraint, desc)
+                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, limits, constraint, letters, desc)
             else:  # one greedy and one constrained generate call per item: bench/eval_speed.py's peer
                 greedy = generate(model, tokenizer, prompts, 1, limits, desc)
-                constrained, first = generate(model, tokenizer, prompts, 1, limits, desc, constraint)
+                constrained, first = generate(model, tokenizer, prompts, 1, limits, desc, constraint, letters)
             decodings = {"": greedy, "_constrained": constrained}
             for i, item in enumerate(items):
                 logits = torch.tensor([first[i][t] for t in option_token_ids(tokenizer, item.options)])

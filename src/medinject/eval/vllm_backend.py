@@ -4,17 +4,20 @@ as the transformers path, from a vLLM engine.
 * Prompts go in as the token ids the transformers path feeds `generate` (the chat template applied by
   `prompt_text`, encoded without special tokens); outputs come back as token ids and are decoded by the
   same tokenizer, so both paths read the same text.
-* Constrained multiple choice: a vLLM logits processor asks `AllowedTokens.mask` of
-  `medinject.eval.decoding` for each step's forbidden tokens, so both paths allow exactly the same tokens
-  at every step. Greedy and constrained decodings are two requests per prompt; vLLM's prefix cache
-  shares their prefill.
+* Constrained multiple choice: `LetterConstraint` (medinject.eval.vllm_constraint) carries each item's
+  allowed tokens from `AllowedTokens` of `medinject.eval.decoding` and applies the same rule, on vLLM's
+  V1 and V2 model runners alike, as one tensor operation per step for the whole batch. Greedy and
+  constrained decodings are two requests per prompt; vLLM's prefix cache shares their prefill.
+* Stopping: both paths stop on the same tokens, `decoding.stop_token_ids` (the tokenizer's EOS and the
+  generation config's), which vLLM is given explicitly.
 * First-step option probabilities: the constrained request asks for the log-probabilities *after* the
   constraint (`logprobs_mode="processed_logprobs"`); at the first step only the option letters are
   allowed, so these are the log-softmax over the letters' logits, whose softmax is what the
   transformers path computes from the raw logits.
 * Adapters: a LoRA adapter is served as a LoRA request on the base model; vLLM does not serve DoRA
-  unmerged, so a DoRA adapter is merged into a temporary copy of the model first. 4-bit bases are
-  loaded by vLLM's bitsandbytes support, on CUDA only; QDoRA cannot be merged exactly and is refused.
+  unmerged, so a DoRA adapter is merged into a temporary copy of the model first. vLLM 0.32 has no
+  bitsandbytes quantization, so a run on a 4-bit base is evaluated by transformers instead
+  (`runner.generation_backend` decides it before training and says so in one line).
 * The model the run trained is moved off the GPU (and the CUDA cache emptied) before the engine starts,
   since vLLM reserves a share of the GPU's memory (`eval.vllm_gpu_memory_utilization`).
 
@@ -36,35 +39,15 @@ import torch
 import vllm
 from omegaconf import DictConfig
 from vllm.lora.request import LoRARequest
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from medinject.config import AdapterMethod
-from medinject.eval.decoding import AllowedTokens
+from medinject.eval.decoding import AllowedTokens, stop_token_ids
+from medinject.eval.vllm_constraint import WIDTH, LetterConstraint, constraint_args
 from medinject.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ALLOWED, FIRST = "medinject_allowed", "medinject_first"  # SamplingParams.extra_args keys of the constraint
-
-
-class LetterConstraint(AdapterLogitsProcessor):
-    """Per request with the constraint in its extra_args: forbidden tokens get -inf, exactly as
-    `AllowedTokens` forbids them in the transformers path (vLLM loads it in its engine process by name)."""
-
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token greedy decoding picks
-
-    def new_req_logits_processor(self, params):
-        args = params.extra_args or {}
-        if ALLOWED not in args:
-            return None
-        grammar = AllowedTokens([args[ALLOWED]], [args[FIRST]] if args.get(FIRST) is not None else None)
-
-        def constrain(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-            mask = grammar.mask([output_ids[-1]] if output_ids else None, logits.shape[-1], logits.device)[0]
-            return logits.masked_fill(mask, float("-inf"))
-
-        return constrain
+CONSTRAINT = f"{LetterConstraint.__module__}:{LetterConstraint.__qualname__}"  # vLLM loads it by name in its engine process
 
 
 def _lora_rank(r: int) -> int:
@@ -77,7 +60,7 @@ class VllmEngine:
     context manager: the engine and the temporary folders go when it closes."""
 
     def __init__(self, model_path: str, tokenizer, *, lora_path: str | None = None, lora_rank: int = 16,
-                 quantization: str | None = None, max_model_len: int = 2048, dtype: str = "auto",
+                 max_model_len: int = 2048, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.8, temporary: list[str] | None = None):
         self.tokenizer = tokenizer
         self._temporary = list(temporary or [])
@@ -91,18 +74,17 @@ class VllmEngine:
             max_model_len=max_model_len,
             seed=0,
             enable_prefix_caching=True,
-            logits_processors=[f"{__name__}:LetterConstraint"],
+            logits_processors=[CONSTRAINT],
             logprobs_mode="processed_logprobs",
-            max_logprobs=64,  # a constrained request lists every allowed token (letters, separators, ends)
+            max_logprobs=WIDTH,  # a constrained request lists every allowed token (letters, separators, ends)
             gpu_memory_utilization=gpu_memory_utilization,
         )
-        if quantization:
-            kwargs["quantization"] = quantization
         if lora_path:
             kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(lora_rank), max_loras=1)
         self.llm = vllm.LLM(**kwargs)
         self.SamplingParams = vllm.SamplingParams
         self.lora = LoRARequest("run-adapter", 1, lora_path) if lora_path else None
+        self.stop = stop_token_ids(tokenizer, model_path)
         self.startup_seconds = time.perf_counter() - started
         log.info("vLLM engine ready in %.1f s (%s%s)", self.startup_seconds, model_path, f" + LoRA {lora_path}" if lora_path else "")
 
@@ -112,11 +94,8 @@ class VllmEngine:
         as a LoRA request, or (DoRA) merged into a temporary copy. The model itself is moved to the CPU
         first, so the GPU is free for the engine."""
         adapter, method = cfg.adapter, AdapterMethod(cfg.adapter.method)
-        quantized = cfg.adapter.quantization is not None
-        if quantized and not torch.cuda.is_available():
-            raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM loads on CUDA only; use eval.backend=hf")
-        if quantized and method == AdapterMethod.dora:
-            raise UserError(f"eval.backend=vllm: adapter={adapter.name} (DoRA on a 4-bit base) cannot be merged exactly for vLLM; use eval.backend=hf")
+        if cfg.adapter.quantization is not None:  # runner.generation_backend sends these to transformers
+            raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM {vllm.__version__} cannot load")
         free_accelerator(model)
         scratch = tempfile.mkdtemp(prefix="medinject-vllm-")
         common = dict(max_model_len=int(cfg.model.model_max_length), gpu_memory_utilization=float(cfg.eval.vllm_gpu_memory_utilization))
@@ -132,7 +111,7 @@ class VllmEngine:
             model.save_pretrained(scratch)  # the adapter's weights and config only
             return cls(
                 str(cfg.model.path), tokenizer, lora_path=scratch, lora_rank=int(adapter.r), temporary=[scratch],
-                quantization="bitsandbytes" if quantized else None, dtype=str(cfg.model.dtype), **common,
+                dtype=str(cfg.model.dtype), **common,
             )
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -146,7 +125,7 @@ class VllmEngine:
 
     def _params(self, max_new_tokens: int, **extra):
         return self.SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=[self.tokenizer.eos_token_id], detokenize=False, **extra
+            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(self.stop), detokenize=False, **extra
         )
 
     def _run(self, requests: list[dict], params) -> list:
@@ -165,13 +144,13 @@ class VllmEngine:
         """(greedy texts, constrained texts, first-step log-probabilities of the option letters as
         {token id: log-probability}), like `decoding.decode_choices`: the constrained requests carry
         each item's allowed tokens (and, under medinject's protocol, its letter grammar) to
-        `LetterConstraint`, which applies `AllowedTokens.mask` itself."""
+        `LetterConstraint`, which applies the rule of `AllowedTokens` to the whole batch at once."""
         requests = self._prompts(prompts)
         limits = _per_prompt(max_new_tokens, len(prompts))
         greedy = [self._params(n) for n in limits]
         constrained = [
             self._params(n, logprobs=len(constraint.allowed[i]),  # every allowed token, so every letter, is listed
-                         extra_args={ALLOWED: list(constraint.allowed[i]), FIRST: list(constraint.first[i]) if constraint.first is not None else None})
+                         extra_args=constraint_args(constraint.allowed[i], constraint.first[i] if constraint.first is not None else None))
             for i, n in enumerate(limits)
         ]
         outputs = self._run(requests + requests, greedy + constrained)
