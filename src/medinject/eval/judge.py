@@ -66,6 +66,25 @@ def parse_verdict_released(text: str) -> int | None:
     return None
 
 
+def check_endpoint(cfg: DictConfig) -> None:
+    """Before training: the OpenAI-compatible judge answers at `eval.judge.base_url` (its model list,
+    `GET /models`, which vLLM's and other servers serve without cost)."""
+    if not cfg.base_url:
+        raise UserError("eval.judge.base_url: the openai backend needs the endpoint, e.g. http://127.0.0.1:8000/v1")
+    url = cfg.base_url.rstrip("/") + "/models"
+    key = os.environ.get(cfg.api_key_env, "")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=min(float(cfg.timeout_s), 10.0)):
+            pass
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise UserError(f"eval.judge.base_url: {url} refuses the key in ${cfg.api_key_env} (HTTP {err.code})") from None
+        # another HTTP answer (e.g. 404 where /models is not served): the server is there
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise UserError(f"eval.judge.base_url: {url} is not reachable ({getattr(err, 'reason', err)}); start the judge's server first") from None
+
+
 def judge_id(cfg: DictConfig) -> str:
     return f"{cfg.backend.value}:{cfg.model}" + (f"@{cfg.base_url}" if cfg.backend == JudgeBackend.openai else "")
 

