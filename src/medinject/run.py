@@ -23,6 +23,7 @@ from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, 
 from medinject.model.load import load_model
 from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
+from medinject.util.cluster import is_main_process
 from medinject.util.errors import Interrupted, UserError, one_line
 from medinject.util.lock import ending_signals, run_lock
 from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
     left as it is (`skip_completed`); one with checkpoints resumes from the last; one whose results or
     checkpoints came from other input files stops the run with one line."""
     out_dir = Path(cfg.paths.output_dir)
-    main = global_rank() == 0  # with several processes (DDP), the first one speaks for the run
+    main = is_main_process()  # with several processes (DDP), the first one speaks for the run
     with run_lock(out_dir, wait=cfg.wait_for_lock) if main else nullcontext(), ending_signals():
         done = _trusted_completed_record(out_dir)
         record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
@@ -85,7 +86,7 @@ def _write_final_record(out_dir: Path, record: dict) -> None:
 def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = to_container(cfg)
-    main = global_rank() == 0
+    main = is_main_process()
     if main:
         write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
@@ -140,14 +141,6 @@ def _data_record(cfg: DictConfig, prepared: PreparedData) -> dict:
         "contaminated_rows": prepared.manifest["contaminated_rows"],
         "selected_ids_sha256": prepared.manifest["selected_ids_sha256"],
     }
-
-
-def global_rank() -> int:
-    """This process's rank: torchrun's RANK, the SLURM task, or Lightning's launcher's LOCAL_RANK."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if (value := os.environ.get(var, "")).isdigit():
-            return int(value)
-    return 0
 
 
 def _read_json(path: Path) -> dict | None:

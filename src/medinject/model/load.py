@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medinject.util.errors import UserError
 from medinject.model.tiny import ensure_tiny
@@ -34,7 +34,29 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
 
 
-def load_tokenizer_and_model(model_cfg: DictConfig, adapter_cfg: DictConfig):
+def quantized_weights_device(trainer_cfg: DictConfig | None) -> str | None:
+    """Where this process must load a 4-bit base: its own GPU, cuda:<local rank> (or the local rank's
+    entry of a `trainer.devices` list), as Lightning will place the rank. bitsandbytes quantizes on
+    the device the weights are loaded to, and without a device map transformers loads them to
+    `torch.cuda.current_device()`, which is cuda:0 in every rank before Lightning sets it. None on
+    CPU trainers."""
+    if trainer_cfg is None:
+        return None
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and torch.cuda.is_available()):
+        return None
+    from medinject.util.cluster import local_rank
+
+    rank = local_rank()
+    devices = trainer_cfg.devices
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return f"cuda:{int(list(devices)[rank])}"
+    return f"cuda:{rank}"
+
+
+def load_tokenizer_and_model(model_cfg: DictConfig, adapter_cfg: DictConfig, trainer_cfg: DictConfig | None = None):
+    """The tokenizer and the base model; with `trainer_cfg`, a 4-bit base is loaded straight onto
+    this rank's GPU (`quantized_weights_device`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     path = model_cfg.path
@@ -43,8 +65,10 @@ def load_tokenizer_and_model(model_cfg: DictConfig, adapter_cfg: DictConfig):
     if _looks_local(path) and not (Path(path).expanduser() / "config.json").is_file():
         raise UserError(f"model.path: {path} is not a model folder (no config.json there)")
 
-    quantization = None
+    quantization, placement = None, {}
     if adapter_cfg.quantization is not None:
+        if (device := quantized_weights_device(trainer_cfg)) is not None:
+            placement = {"device_map": {"": device}}
         quantization = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=adapter_cfg.quantization.value,
@@ -58,6 +82,7 @@ def load_tokenizer_and_model(model_cfg: DictConfig, adapter_cfg: DictConfig):
             dtype=_dtype(model_cfg.dtype, "model.dtype"),
             quantization_config=quantization,
             attn_implementation=_attn_implementation(model_cfg.attn_implementation),
+            **placement,
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -114,7 +139,7 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
 
 def load_model(cfg: DictConfig):
     """(tokenizer, the base model with its adapter attached, what results.json records of it)."""
-    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter, cfg.trainer)
     model = attach_adapter(base, cfg.adapter, cfg.trainer.gradient_checkpointing)
     trainable, total = parameter_counts(model)
     log.info("model %s: %d trainable of %d parameters", cfg.model.name, trainable, total)

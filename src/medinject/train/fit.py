@@ -85,8 +85,7 @@ def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example
         callbacks=[checkpoint_callback(out_dir, cfg.trainer.checkpoint_every_n_steps), probe, *user_callbacks(cfg)],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
-    # every process counted its own share of the data; a collective, so all of them take part
-    tokens, pad = (float(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum")) for n in (module.tokens_seen, module.pad_seen))
+    tokens, pad = (float(n) for n in summed_over_processes(trainer.strategy, module.tokens_seen, module.pad_seen))
     device = trainer.strategy.root_device
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     module.to(device)  # back from the CPU, where Lightning's teardown left it
@@ -107,6 +106,13 @@ def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example
         loggers=loggers,
         peak_gpu_memory_gib=peak,
     )
+
+
+def summed_over_processes(strategy, *counts: float) -> torch.Tensor:
+    """Each count summed over every process (each counted its own share of the data). A collective, so
+    all processes take part; the tensor lives on the strategy's root device, since NCCL reduces CUDA
+    tensors only (gloo, on CPUs, takes either)."""
+    return strategy.reduce(torch.tensor([float(n) for n in counts], device=strategy.root_device), reduce_op="sum")
 
 
 def save_adapter(model, tokenizer, adapter_dir: Path, resolved: dict) -> None:

@@ -1,0 +1,43 @@
+"""Which process this is, as Lightning will see it: the cluster environment its Trainer chooses, asked
+before the Trainer exists (the run lock, the results file and the 4-bit load happen earlier).
+
+Lightning picks the first environment that detects itself, TorchElastic (torchrun) first, then SLURM,
+LSF and MPI, else its own (`AcceleratorConnector._choose_and_init_cluster_environment`). Inside an
+interactive SLURM allocation (`salloc`, `srun --pty`) SLURM does not detect itself
+(`SLURMEnvironment._is_slurm_interactive_mode`): Lightning launches the ranks itself, and its children
+inherit the allocation's SLURM_PROCID=0; their rank is in LOCAL_RANK and NODE_RANK, which
+Lightning's own environment reads.
+"""
+
+from __future__ import annotations
+
+
+def cluster_environment():
+    """The `ClusterEnvironment` Lightning's Trainer would choose in this process."""
+    from lightning.fabric.plugins.environments import (
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    for environment in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        if environment.detect():
+            return environment()
+    return LightningEnvironment()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the run: the process that takes the run lock, saves, evaluates and writes results."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    environment = cluster_environment()
+    if isinstance(environment, LightningEnvironment):  # its global rank is set later, by the strategy
+        return environment.node_rank() == 0 and environment.local_rank() == 0
+    return environment.global_rank() == 0
+
+
+def local_rank() -> int:
+    """This process's rank on its node: the GPU it trains on (cuda:<local rank>)."""
+    return cluster_environment().local_rank()
