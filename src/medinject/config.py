@@ -211,6 +211,9 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = 1.0
     gradient_checkpointing: bool = False
     log_every_n_steps: int = control(1)
+    # Which of the machine's GPUs this job uses, e.g. [2]; set by the sweeper on the local launcher so
+    # that parallel jobs never share a card. Run control: it says where, not what, a run trains.
+    local_gpus: Optional[list[int]] = control(None)
     checkpoint_every_n_steps: int = control(50)  # resume is exact whatever the interval
     probe_batches: int = 2  # fixed training batches whose loss is measured before and after fitting
     enable_progress_bar: bool = control(True)
@@ -352,13 +355,46 @@ def sample_data_dir() -> str:
     return str(files("medinject") / "sample_data")
 
 
+def device_count(devices) -> int:
+    """The number of devices `trainer.devices` names, for a job script that must ask for a number:
+    an integer >= 1, a list of indices, or Lightning's "0,1" string. -1 and "auto" mean "every device
+    of the machine", which a job script cannot know before it runs."""
+    from medinject.util.errors import UserError
+
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise UserError(f"trainer.devices={text}: a cluster job asks for a fixed number of devices per node; "
+                    "set trainer.devices=N (or a list of GPU indices)")
+
+
+def _machine_gpus(accelerator) -> int:
+    if str(accelerator) not in ("gpu", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def register() -> None:
     """Register the schema and resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("medinject.sample_data"):
         OmegaConf.register_new_resolver("medinject.sample_data", sample_data_dir)
     if not OmegaConf.has_resolver("medinject.gpus"):
-        # GPUs per node for the SLURM launcher: the trainer's devices on GPU, none on CPU
-        OmegaConf.register_new_resolver("medinject.gpus", lambda accelerator, devices: devices if accelerator in ("gpu", "cuda") else 0)
+        # GPUs per node for the SLURM and local launchers: the trainer's devices on GPU, none on CPU
+        OmegaConf.register_new_resolver(
+            "medinject.gpus", lambda accelerator, devices: device_count(devices) if accelerator in ("gpu", "cuda") else 0
+        )
+    if not OmegaConf.has_resolver("medinject.machine_gpus"):
+        # GPUs of this machine for the local launcher (each job then takes its own; sweep/devices.py)
+        OmegaConf.register_new_resolver("medinject.machine_gpus", _machine_gpus)
+    if not OmegaConf.has_resolver("medinject.tasks"):
+        # tasks per node for the SLURM launcher: one per device, as Lightning's SLURM detection expects
+        OmegaConf.register_new_resolver("medinject.tasks", device_count)
     if not OmegaConf.has_resolver("medinject.eval_backend"):
         # eval.backend's default: vLLM where the run trains on GPUs, transformers on the CPU
         OmegaConf.register_new_resolver("medinject.eval_backend", lambda accelerator: "vllm" if accelerator in ("gpu", "cuda") else "hf")

@@ -48,7 +48,7 @@ def quantized_weights_device(trainer_cfg: DictConfig | None) -> str | None:
     from medinject.util.cluster import local_rank
 
     rank = local_rank()
-    devices = trainer_cfg.devices
+    devices = trainer_cfg.local_gpus or trainer_cfg.devices
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         return f"cuda:{int(list(devices)[rank])}"
     return f"cuda:{rank}"

@@ -55,9 +55,23 @@ class SweeperWithSummary(BasicSweeper):
         self.launcher = None
 
     def sweep(self, arguments: list[str]) -> Any:
+        from medinject.sweep.devices import check_launcher, local_gpu_plan, machine_gpus
+
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        try:
+            check_launcher(self.config)
+            gpu_plan = local_gpu_plan(self.config, machine_gpus())
+        except UserError as err:
+            _exit(2, str(err))
+        batch_size = self.max_batch_size
+        if gpu_plan is not None:  # no more jobs at once than GPUs for them, each on its own
+            batch_size = min(batch_size or gpu_plan.jobs_at_once, gpu_plan.jobs_at_once)
+            log.info("local launcher: %d job(s) at a time, %d GPU(s) each", batch_size, gpu_plan.per_job)
+        self.overrides = self.split_arguments(overrides, batch_size)
+        if gpu_plan is not None:
+            self.overrides = [[[*job, f"trainer.local_gpus=[{','.join(map(str, gpu_plan.gpus(k)))}]"] for k, job in enumerate(batch)]
+                              for batch in self.overrides]
         if self.config.dry_run:  # plans only: nothing is written to the sweep dir, nothing launched
             from medinject.sweep.plan import print_plans
 

@@ -50,7 +50,7 @@ def trainer_arguments(cfg: DictConfig) -> dict:
     t = cfg.trainer
     return dict(
         accelerator=t.accelerator,
-        devices=t.devices,
+        devices=list(t.local_gpus) if t.local_gpus else t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,

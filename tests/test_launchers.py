@@ -1,0 +1,71 @@
+"""What each launcher is asked to run, checked before anything is launched: SLURM scripts ask for a
+fixed number of devices and tasks, DDP is refused where Lightning would re-run the whole sweep in every
+rank, and the local launcher never puts two jobs on one GPU."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF, ROOT
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from medinject.sweep.devices import check_launcher, local_gpu_plan
+from medinject.util.errors import UserError
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("devices,tasks", [("2", 2), ("[0,1,2]", 3), ("'0,1'", 2), ("1", 1)])
+def test_slurm_asks_for_as_many_tasks_and_gpus_as_the_trainer_names(devices, tasks):
+    cfg = _cfg("trainer=ddp", f"trainer.devices={devices}", "hydra/launcher=slurm")
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == tasks
+    assert isinstance(launcher["tasks_per_node"], int)
+
+
+@pytest.mark.parametrize("devices", ["-1", "auto"])
+def test_slurm_refuses_a_device_count_only_the_node_knows(devices):
+    with pytest.raises(UserError, match=rf"^trainer.devices={devices}: a cluster job asks for a fixed number"):
+        check_launcher(_cfg("trainer=ddp", f"trainer.devices={devices}", "hydra/launcher=slurm"))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_ddp_in_a_multirun_is_refused_where_lightning_would_rerun_the_sweep(launcher):
+    with pytest.raises(UserError, match=rf"trainer.devices=2 .* on the {launcher} launcher: Lightning would start each extra rank"):
+        check_launcher(_cfg("trainer=ddp", "trainer.devices=2", f"hydra/launcher={launcher}"))
+    check_launcher(_cfg("trainer=ddp", "trainer.devices=2", "hydra/launcher=slurm"))  # one task per device: fine
+    check_launcher(_cfg("trainer=gpu", f"hydra/launcher={launcher}"))  # one process per job: fine
+
+
+def test_the_local_launcher_gives_each_job_its_own_gpu_and_runs_no_more_jobs_than_gpus():
+    plan = local_gpu_plan(_cfg("trainer=gpu", "hydra/launcher=local"), visible_gpus=4)
+    assert plan.jobs_at_once == 4 and [plan.gpus(k) for k in range(4)] == [[0], [1], [2], [3]]
+    plan = local_gpu_plan(_cfg("trainer=gpu", "trainer.devices=2", "trainer.strategy=auto", "hydra/launcher=local"), visible_gpus=5)
+    assert plan.jobs_at_once == 2 and plan.gpus(1) == [2, 3]
+    assert local_gpu_plan(_cfg("trainer=cpu", "hydra/launcher=local"), visible_gpus=4) is None
+    with pytest.raises(UserError, match="each job needs 1 GPU.* this machine has 0"):
+        local_gpu_plan(_cfg("trainer=gpu", "hydra/launcher=local"), visible_gpus=0)
+
+
+def test_a_job_trains_on_the_gpus_the_sweeper_gave_it():
+    from medinject.train.fit import trainer_arguments
+
+    cfg = _cfg("trainer=gpu", "trainer.local_gpus=[3]")
+    assert trainer_arguments(cfg)["devices"] == [3]
+    assert trainer_arguments(_cfg("trainer=gpu"))["devices"] == 1
+
+
+def test_the_sweep_command_refuses_ddp_on_the_basic_launcher_in_one_line_before_any_job(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=smoke", "trainer.strategy=ddp", "trainer.devices=2", "data=native,synthetic",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("medinject: error: trainer.devices=2") and "basic launcher" in last
+    assert not list((tmp_path / "sweep").glob("*/results.json"))
