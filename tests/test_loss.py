@@ -129,3 +129,47 @@ def test_cuda_loss_equals_the_full_logits_loss_under_bf16_autocast():
         (grad,) = torch.autograd.grad(loss, hidden)
     torch.testing.assert_close(loss, ref, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(grad, ref_grad, rtol=5e-2, atol=1e-5)
+
+
+def test_an_adapter_on_lm_head_is_trained_and_its_loss_equals_transformers(setup):
+    """`lm_head` in adapter.target_modules: the loss runs the adapted head itself, so its LoRA weights get
+    their gradient (reading `head.weight` would skip the adapter and leave it untrained)."""
+    from medinject.model.load import attach_adapter, load_tokenizer_and_model
+
+    cfg = compose_cfg(*OVERRIDES, "adapter.target_modules=[q_proj,v_proj,lm_head]")
+    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    model = attach_adapter(base, cfg.adapter, gradient_checkpointing=False)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = _batch(model, setup[3]["completion"], "padded", tokenizer.pad_token_id)
+    model.train()
+    ref_loss, ref_grads = _loss_and_grads(model, lambda: model(**batch, use_cache=False).loss)
+    loss, grads = _loss_and_grads(model, lambda: causal_lm_loss(model, batch, chunk_tokens=7))
+    head = [n for n in ref_grads if "lm_head" in n]
+    assert head and set(head) <= grads.keys()
+    assert all(grads[n].abs().sum() > 0 for n in head)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_fp16_autocast_gradients_do_not_underflow():
+    """Under 16-mixed the per-logit gradient (softmax - one-hot) / N is far below fp16's smallest
+    number for a large N; built in fp16 it is mostly 0. The gradient must match an fp32 reference."""
+    torch.manual_seed(0)
+    n, hidden_size, vocab = 8192, 16, 4096
+    hidden = torch.randn(n, hidden_size, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size) * 0.1
+    targets = torch.randint(vocab, (n,))
+    rounded = hidden.detach().half().float().requires_grad_()  # the values fp16 autocast computes with, in fp32
+    reference = torch.autograd.grad(F.cross_entropy(F.linear(rounded, weight.half().float()), targets), rounded)[0]
+    per_logit = torch.softmax(F.linear(rounded, weight.half().float()), dim=-1) / n  # the premise: in fp16 most of it is 0
+    assert (per_logit.half() == 0).float().mean() > 0.5
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = linear_cross_entropy(hidden, weight, targets, chunk_tokens=1024)
+    (grad,) = torch.autograd.grad(loss * 65536.0, hidden)  # a loss scale, as 16-mixed's GradScaler applies
+    grad = grad / 65536.0
+    assert grad.dtype == hidden.dtype
+    torch.testing.assert_close(grad, reference, rtol=2e-2, atol=1e-9)

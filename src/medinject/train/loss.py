@@ -12,12 +12,22 @@ fused linear cross-entropy (Triton) does the same work.
 
 The result equals transformers' loss: the mean token cross-entropy over the labelled positions, with the
 logits computed in the autocast dtype and upcast to fp32 as transformers does (tests/test_loss.py).
+
+Two cases take other roads to the same value:
+* an output projection that is more than a frozen or plain `nn.Linear` (`lm_head` in
+  `adapter.target_modules`, or in `modules_to_save`): its own forward runs on each chunk, recomputed in
+  the backward pass (activation checkpointing), so its adapter gets its gradient and still no chunk's
+  logits outlive it;
+* fp16 autocast (`trainer.precision=16-mixed`): the gradients are built in fp32, since (softmax -
+  one-hot) / N underflows in fp16 before the loss scale, which only reaches them in the backward pass,
+  could lift it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from medinject.data.prompts import IGNORE_INDEX
 
@@ -37,12 +47,30 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int | No
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     labelled = targets != IGNORE_INDEX
     head = causal_lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # adapted or swapped (peft LoRA / DoRA layer, modules_to_save)
+        return module_cross_entropy(head, hidden[labelled], targets[labelled], chunk_tokens)
     return linear_cross_entropy(hidden[labelled], head.weight, targets[labelled], chunk_tokens)
+
+
+def module_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """mean(cross_entropy(head(hidden), targets)) chunk by chunk through the head's own forward, each
+    chunk's logits recomputed in the backward pass instead of kept."""
+    vocab = head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
+    chunk = chunk_tokens or max(1, CHUNK_LOGITS // vocab)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        total = total + checkpoint(_summed_cross_entropy, head, hidden[start : start + chunk], targets[start : start + chunk], use_reentrant=False)
+    return total / targets.numel()
+
+
+def _summed_cross_entropy(head, hidden, targets):
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
     """mean(cross_entropy(hidden @ weight.T, targets)) over (N, H) hidden states, without the (N, V) logits."""
-    if hidden.is_cuda and _liger_loss is not None:
+    fp16 = torch.is_autocast_enabled(hidden.device.type) and torch.get_autocast_dtype(hidden.device.type) == torch.float16
+    if hidden.is_cuda and _liger_loss is not None and not fp16:  # Liger keeps its gradients in the input dtype
         return _liger_loss(hidden, weight, targets)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens or max(1, CHUNK_LOGITS // weight.shape[0]))
 
@@ -58,38 +86,41 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         weight_in_dtype = weight.to(dtype)
+        # fp16 has too few exponent bits for (softmax - one-hot) / N: build the gradients in fp32
+        grad_dtype = torch.float32 if dtype == torch.float16 else dtype
+        weight_for_grad = weight_in_dtype if grad_dtype == dtype else weight.float()
         count = targets.numel()
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_hidden = torch.empty_like(hidden, dtype=torch.float32 if grad_dtype != dtype else hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for start in range(0, count, chunk_tokens):
-            h = hidden[start : start + chunk_tokens]
-            t = targets[start : start + chunk_tokens]
-            with torch.autocast(device, enabled=False):
+        with torch.autocast(device, enabled=False):  # every product below in the dtype chosen for it
+            for start in range(0, count, chunk_tokens):
+                h = hidden[start : start + chunk_tokens]
+                t = targets[start : start + chunk_tokens]
                 logits = F.linear(h.to(dtype), weight_in_dtype).float()  # as transformers' loss upcasts them
-            log_sum_exp = torch.logsumexp(logits, dim=-1)
-            loss += (log_sum_exp - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if grad_hidden is None and grad_weight is None:
-                continue
-            # d(mean loss)/d(logits) = (softmax - one-hot) / N, built in place in the logits' buffer, then
-            # in the autocast dtype (as autograd casts it back through the fp32 upcast)
-            grad_logits = logits.sub_(log_sum_exp[:, None]).exp_()
-            grad_logits[torch.arange(len(t), device=t.device), t] -= 1
-            grad_logits = grad_logits.div_(count).to(dtype)
-            if grad_hidden is not None:
-                grad_hidden[start : start + chunk_tokens] = (grad_logits @ weight_in_dtype).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h.to(dtype)).float()
-            del logits, grad_logits
+                log_sum_exp = torch.logsumexp(logits, dim=-1)
+                loss += (log_sum_exp - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if grad_hidden is None and grad_weight is None:
+                    continue
+                # d(mean loss)/d(logits) = (softmax - one-hot) / N, built in place in the logits' buffer,
+                # then in the autocast dtype (as autograd casts it back through the fp32 upcast), fp32 under fp16
+                grad_logits = logits.sub_(log_sum_exp[:, None]).exp_()
+                grad_logits[torch.arange(len(t), device=t.device), t] -= 1
+                grad_logits = grad_logits.div_(count).to(grad_dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + chunk_tokens] = (grad_logits @ weight_for_grad).to(grad_hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.T @ h.to(grad_dtype)).float()
+                del logits, grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight_dtype, ctx.hidden_dtype = weight.dtype, hidden.dtype
         return loss / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_hidden is not None:  # scaled (by the fp16 loss scale too) before any cast to a narrow dtype
+            grad_hidden = (grad_hidden * grad_loss.to(grad_hidden.dtype)).to(ctx.hidden_dtype)
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None
