@@ -27,6 +27,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-path", help="evaluate this model folder (e.g. the random Qwen3-4B-shaped one of "
+                        "train_throughput.py --shape qwen3-4b-shape) instead of the widened tiny model")
+    parser.add_argument("--no-vllm", action="store_true", help="the two transformers paths only")
+    parser.add_argument("--json", dest="json_out", help="write the figures here as JSON")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -36,7 +40,6 @@ def main() -> None:
     import medinject.config as config
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
-    from medinject.eval.vllm_backend import VllmEngine
     from medinject.model.load import attach_adapter, load_tokenizer_and_model
 
     overrides = [
@@ -49,6 +52,7 @@ def main() -> None:
         "model.build_tiny.num_key_value_heads=2",
         "adapter=lora",
         "eval.tasks=[mcqu,mcq]",
+        *([f"model.path={args.model_path}", "model.build_tiny=null", "model.dtype=bfloat16", "model.model_max_length=2048"] if args.model_path else []),
         *args.overrides,
     ]
     with initialize_config_dir(config_dir=config.conf_dir(), version_base="1.3"):
@@ -73,6 +77,18 @@ def main() -> None:
         seconds = time.perf_counter() - start
         results[label] = (metrics, n_items / seconds)
         print(f"{label:>14}: batch {batch_size:3d}, {n_items} items x 2 decodings in {seconds:6.1f} s = {n_items / seconds:7.2f} items/s", flush=True)
+
+    if args.no_vllm:
+        ratio_hf = results["hf batched"][1] / results["per-item loop"][1]
+        print(f"hf batched / per-item {ratio_hf:.1f}x (target >= {TARGET:.0f}x); {n_items} items on {args.device}, torch {torch.__version__}")
+        if args.json_out:
+            import json
+            from pathlib import Path
+
+            Path(args.json_out).write_text(json.dumps({"items": n_items, "per_item_items_per_s": results["per-item loop"][1],
+                                                       "batched_items_per_s": results["hf batched"][1], "ratio": ratio_hf}))
+        return
+    from medinject.eval.vllm_backend import VllmEngine
 
     start = time.perf_counter()
     with VllmEngine.for_run(model, tokenizer, cfg) as engine:

@@ -362,7 +362,7 @@ def spawn(args, peer: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", choices=["qlora", "lora"], default="qlora")
+    parser.add_argument("--adapter", choices=["qlora", "lora", "dora", "qdora"], default="qlora")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--model", "--shape", dest="model", choices=sorted(MODELS), default="tiny-256")
     parser.add_argument("--loss", choices=["all", "completion"], default="all",
@@ -440,12 +440,22 @@ def main() -> None:
               f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
         print(f"medinject / TRL non-pad tokens/s: {ratio:.2f}x (target >= {target}x)")
     if args.json_out:
+        extra = {}
+        if "medinject" in summary:  # what the batches held, and the dry run's estimate for that many tokens
+            from medinject.sweep.estimate import estimate_for_run
+
+            ours = summary["medinject"]["runs"]
+            per_micro_batch = statistics.median(r["all_tokens"] for r in ours) / (args.steps * args.grad_accum)
+            summary["medinject"]["tokens_per_micro_batch"] = per_micro_batch
+            estimate = estimate_for_run(compose(args), seq_len=max(1, round(per_micro_batch / args.batch_size)))
+            extra["estimate_gib"] = estimate.peak_allocated / 2**30
         Path(args.json_out).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k != "child"},
             "device": device_name,
             "torch": torch.__version__,
             "summary": summary,
             "ratio": ratio,
+            **extra,
         }, indent=2))
 
 

@@ -193,3 +193,28 @@ def test_shared_prefill_decoding_equals_two_generate_calls(tiny):
     for a, b in zip(first, shared_first):
         assert list(a) == list(b) == letters  # the letters' logits only, not the vocabulary
         torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())), rtol=1e-4, atol=1e-4)
+
+
+def test_both_decoders_stop_on_the_generation_configs_eos_as_vllm_does(tiny):
+    """vLLM stops on the tokenizer's EOS and every `eos_token_id` of the generation config (Qwen3
+    instruct lists <|im_end|> and <|endoftext|>); the transformers paths must stop on the same set."""
+    from medinject.eval.decoding import decode_choices, stop_token_ids
+
+    _, tokenizer, model = tiny
+    prompt = "<|im_start|>user\nQuelle est la dose ?<|im_end|>\n<|im_start|>assistant\n"
+    encoded = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        first = int(model(**encoded).logits[0, -1].argmax())  # the token greedy decoding emits first
+    assert first != tokenizer.eos_token_id
+    saved = model.generation_config.eos_token_id
+    try:
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, first]
+        assert stop_token_ids(tokenizer, model) == sorted({tokenizer.eos_token_id, first})
+        # generate keeps the stop token itself; decoded without special tokens it is that one token's text
+        assert generate(model, tokenizer, [prompt], 1, 6, "g") == [tokenizer.decode([first], skip_special_tokens=True)]
+        letters = option_token_ids(tokenizer, ("A", "B"))
+        allowed = AllowedTokens([letters + [tokenizer.eos_token_id]], [letters])
+        greedy, _, _ = decode_choices(model, tokenizer, [prompt], 1, 6, allowed, [letters], "s")
+        assert greedy == [tokenizer.decode([first], skip_special_tokens=True)]
+    finally:
+        model.generation_config.eos_token_id = saved

@@ -170,6 +170,7 @@ class Judge:
                 raise UserError(f"eval.judge.model: cannot load {self.cfg.model!r}: {str(err).splitlines()[0]}") from None
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
+            log.info("judge %s loaded on %s", self.cfg.model, self.device)
         texts = [self._tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         return generate(self._model, self._tokenizer, texts, self.cfg.batch_size, self.max_new_tokens, "judge")
 

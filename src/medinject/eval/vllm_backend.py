@@ -194,6 +194,7 @@ class VllmEngine:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            log.info("vLLM engine shut down (its memory returned)")
         for path in self._temporary:
             shutil.rmtree(path, ignore_errors=True)
 
