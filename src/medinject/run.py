@@ -13,15 +13,11 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from medinject.config import check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
-from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
-from medinject.model.load import load_model
-from medinject.train.fit import fit, save_adapter
 from medinject.train.loggers import finish_wandb, log_results
 from medinject.util.errors import Interrupted, UserError, one_line
 from medinject.util.lock import ending_signals, run_lock
@@ -83,6 +79,14 @@ def _write_final_record(out_dir: Path, record: dict) -> None:
 
 
 def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
+    # torch, Lightning, transformers and peft are imported here, once the settings have been checked:
+    # a refused setting answers in a second or two, not after the ~10 s these imports take
+    import lightning as L
+
+    from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
+    from medinject.model.load import load_model
+    from medinject.train.fit import fit, save_adapter
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = to_container(cfg)
     main = global_rank() == 0
