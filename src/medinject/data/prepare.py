@@ -197,7 +197,7 @@ def write_records(prepared: PreparedData, out_dir: Path) -> None:
 def main() -> None:
     import hydra
 
-    from medinject.util.cli import exit_on_user_error
+    from medinject.util.cli import exit_on_compose_error, exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
     @exit_on_user_error
@@ -207,7 +207,7 @@ def main() -> None:
         write_records(prepared, out_dir)
         print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / 'manifest.json'}")
 
-    _prepare()
+    exit_on_compose_error(_prepare)
 
 
 if __name__ == "__main__":
