@@ -166,7 +166,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
             if not rows:
                 raise UserError(f"data.sources.{name}: no training row left after decontamination")
 
-    examples = select(train, cfg.mix, cfg.seed)
+    dropped = {name: found["within_source"] + found["across_sources"] for name, found in duplicates.items() if found["action"] == "drop"}
+    examples = select(train, cfg.mix, cfg.seed, dropped)
     manifest = {
         "data_config": cfg.data.name,
         "sources": {
