@@ -1,6 +1,6 @@
 """Time a refused setting against a valid `--cfg job`, each in a fresh process through the real CLI.
 
-    python bench/refusal_time.py [--repeat 5] [overrides of the refused run...]
+    python bench/refusal_time.py [--repeat 5] [--root CHECKOUT] [overrides of the refused run...]
 
 Prints the median wall-clock seconds of `python train.py optim.lr=-1` (refused with one line, exit 2)
 next to `python train.py --cfg job` (compose and print only), with the target: the refusal answers
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 3.0
 
 
-def _timed(args: list[str], env: dict) -> tuple[float, int, str]:
+def _timed(args: list[str], env: dict, root: Path) -> tuple[float, int, str]:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=root, capture_output=True, text=True, env=env, timeout=600)
     last = (result.stderr.strip().splitlines() or [""])[-1]
     return time.perf_counter() - started, result.returncode, last
 
@@ -32,15 +32,16 @@ def _timed(args: list[str], env: dict) -> tuple[float, int, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose train.py is timed (another commit's, to compare)")
     parser.add_argument("overrides", nargs="*", default=["optim.lr=-1"], help="what the refused run is given (default optim.lr=-1)")
     args = parser.parse_args()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(args.root.resolve() / "src")}
     refusal, valid, status, line = [], [], None, ""
     with tempfile.TemporaryDirectory(prefix="medinject-refusal-") as tmp:
         for i in range(args.repeat):
-            seconds, status, line = _timed([*args.overrides, f"hydra.run.dir={tmp}/run{i}"], env)
+            seconds, status, line = _timed([*args.overrides, f"hydra.run.dir={tmp}/run{i}"], env, args.root)
             refusal.append(seconds)
-            seconds, valid_status, _ = _timed(["--cfg", "job"], env)
+            seconds, valid_status, _ = _timed(["--cfg", "job"], env, args.root)
             if valid_status != 0:
                 print(f"`train.py --cfg job` failed with status {valid_status}", file=sys.stderr)
                 return 1
