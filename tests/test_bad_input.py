@@ -229,6 +229,17 @@ def test_evaluate_names_truncated_adapter_weights(trained_run, tmp_path):
     assert line.startswith(f"medinject: error: {run_dir / 'adapter'}: cannot load the adapter")
 
 
+def test_evaluate_refuses_a_bad_override_or_a_missing_device_before_loading(trained_run, tmp_path):
+    run_dir = _damaged_copy(trained_run, tmp_path)
+    before = (run_dir / "results.json").read_text()
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), "eval.protocol=bogus"))
+    assert line == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"
+    n = _cuda_devices()
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), f"eval.device=cuda:{n}"))
+    assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine")
+    assert (run_dir / "results.json").read_text() == before
+
+
 def test_review_import_names_a_bad_judge_value_and_a_broken_csv(trained_run, tmp_path):
     (tmp_path / "key.csv").write_text("uid,judge\nR00001,x\n", encoding="utf-8")
     (tmp_path / "ratings.csv").write_text("uid,rating\nR00001,1\n", encoding="utf-8")
