@@ -293,6 +293,7 @@ REFUSED = [
                                                "bfloat16, float16, float64, float, half, double"),
     (["data.max_length=100000"], "data.max_length: 100000 is more than the model reads (model.build_tiny.max_position_embeddings "
                                  "is 2048); allowed: an integer from 8 to 2048"),
+    (["trainer.accelerator=gpuu"], "trainer.accelerator: 'gpuu' is not supported; allowed: cpu, gpu, cuda, auto; available: cpu ..."),
     (["model.build_tiny=null", "model.path={tmp}/no-such-model"], "model.path: {tmp}/no-such-model does not exist; allowed: a model "
                                                                   "folder (saved with save_pretrained) or a hub id"),
     (["model.build_tiny=null", "model.path={tmp}"], "model.path: {tmp} is not a model folder (no config.json there)"),

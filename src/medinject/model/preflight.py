@@ -65,6 +65,9 @@ def _no_gpu_reason() -> str:
 
 def check_devices(cfg: DictConfig) -> None:
     accelerator = str(cfg.trainer.accelerator)
+    if accelerator not in ("cpu", "auto", *GPU_ACCELERATORS):  # what medinject trains on (Lightning knows more)
+        raise UserError(f"trainer.accelerator: {accelerator!r} is not supported; allowed: cpu, gpu, cuda, auto; "
+                        f"available: {available_devices()}")
     if accelerator in GPU_ACCELERATORS:
         n = cuda_device_count()
         if n == 0:
