@@ -74,7 +74,7 @@ def check_devices(cfg: DictConfig) -> None:
             raise UserError(f"trainer.accelerator: {accelerator!r} (trainer=gpu, trainer=ddp) needs a CUDA GPU, and this machine has "
                             f"none ({_no_gpu_reason()}); available: cpu (trainer=cpu)")
         devices = cfg.trainer.devices
-        wanted = [int(d) for d in devices] if OmegaConf.is_list(devices) else None
+        wanted = [int(d) for d in devices if str(d).isdigit()] if OmegaConf.is_list(devices) else None
         if isinstance(devices, int) and devices > n:
             raise UserError(f"trainer.devices: {devices} GPUs asked for, and this machine has {n}; available: {available_devices()}")
         if wanted and max(wanted) >= n:

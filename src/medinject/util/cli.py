@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
-from dataclasses import fields, is_dataclass
 import os
+from dataclasses import fields, is_dataclass
 import sys
 
 from medinject.util.errors import Interrupted, UserError
