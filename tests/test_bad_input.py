@@ -468,3 +468,31 @@ def test_out_of_memory_in_training_names_the_stage_and_settings(smoke_cfg):
                       "(raise trainer.accumulate_grad_batches to keep the examples per step), set trainer.gradient_checkpointing=true, "
                       "or lower data.max_length", ran={"data", "model"})
     assert not (Path(cfg.paths.output_dir) / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_evaluation_names_the_stage_and_settings(smoke_cfg, monkeypatch):
+    import torch
+
+    import medinject.eval.runner
+
+    monkeypatch.setattr(medinject.eval.runner, "evaluate_model", _raises(lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")))
+    cfg = smoke_cfg("logger=none", "trainer.max_steps=1", "eval.limit=1")
+    _gpu_fault_record(cfg, "stage eval: out of GPU memory (CUDA out of memory. Tried to allocate 1.00 GiB); lower eval.batch_size "
+                      "(eval.judge.batch_size for the judge); with eval.backend=vllm, lower eval.vllm_gpu_memory_utilization (the vLLM "
+                      "memory share), or eval.backend=hf", ran={"data", "model", "train"})
+
+
+def test_gpus_beyond_what_the_machine_has_are_refused(monkeypatch):
+    """The count of GPUs comes from torch where a driver is loaded; the refusals built on it, checked
+    here with the count this machine would report if it had two."""
+    from medinject.model import preflight
+
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"^trainer.devices: 4 GPUs asked for, and this machine has 2; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=ddp", "trainer.devices=4"))
+    with pytest.raises(UserError, match=r"^trainer.devices: GPU 2 asked for, and this machine has 2; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=gpu", "trainer.devices=[0,2]"))
+    with pytest.raises(UserError, match=r"^eval.device: 'cuda:2' is not on this machine, which has 2 CUDA GPUs; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=gpu", "eval.device=cuda:2"))
+    preflight.check_devices(compose_cfg("trainer=ddp", "trainer.devices=2", "eval.device=cuda:1", "eval.judge.device=auto"))
