@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from medinject.run import run
-from medinject.util.cli import exit_on_user_error
+from medinject.util.cli import exit_on_compose_error, exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_compose_error(main)

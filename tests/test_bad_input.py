@@ -229,6 +229,17 @@ def test_evaluate_names_truncated_adapter_weights(trained_run, tmp_path):
     assert line.startswith(f"medinject: error: {run_dir / 'adapter'}: cannot load the adapter")
 
 
+def test_evaluate_refuses_a_bad_override_or_a_missing_device_before_loading(trained_run, tmp_path):
+    run_dir = _damaged_copy(trained_run, tmp_path)
+    before = (run_dir / "results.json").read_text()
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), "eval.protocol=bogus"))
+    assert line == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"
+    n = _cuda_devices()
+    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), f"eval.device=cuda:{n}"))
+    assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine")
+    assert (run_dir / "results.json").read_text() == before
+
+
 def test_review_import_names_a_bad_judge_value_and_a_broken_csv(trained_run, tmp_path):
     (tmp_path / "key.csv").write_text("uid,judge\nR00001,x\n", encoding="utf-8")
     (tmp_path / "ratings.csv").write_text("uid,rating\nR00001,1\n", encoding="utf-8")
@@ -244,3 +255,244 @@ def test_review_import_names_a_bad_judge_value_and_a_broken_csv(trained_run, tmp
 def test_every_tool_names_a_missing_directory(tmp_path, tool):
     line = _one_line(_cli(*tool, str(tmp_path / "nowhere")))
     assert line.startswith("medinject: error: ") and str(tmp_path / "nowhere") in line
+
+
+# ------------------------------------------------------------------------------------------ refused before any stage
+
+def _no_stage_ran(run_dir: Path) -> None:
+    assert not (run_dir / "manifest.json").exists() and not (run_dir / "checkpoints").exists()
+    if (run_dir / "results.json").exists():  # a refusal inside run() says so; a compose error writes nothing
+        record = json.loads((run_dir / "results.json").read_text())
+        assert record["status"] == "failed" and not set(record["timing"]) & {"data", "model", "train", "eval"}
+
+
+def _model_folder_with_only_a_config(tmp_path: Path, context: int) -> Path:
+    """A model folder holding config.json and no weights: a check that loaded the model would fail."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3", "max_position_embeddings": context}), encoding="utf-8")
+    return folder
+
+
+def _cuda_devices() -> int:
+    from medinject.model.preflight import cuda_device_count
+
+    return cuda_device_count()
+
+
+REFUSED = [
+    # Hydra's compose errors: Hydra's text above, the key on the last line
+    (["optim.lrr=1"], "optim.lrr: not a setting; optim has: lr, weight_decay, betas, warmup_ratio"),
+    (["optim.lr=abc"], "optim.lr: Value 'abc' of type 'str' could not be converted to Float"),
+    (["model=nope"], "model: no option 'nope'; available: qwen3_4b_instruct, tiny, tiny_vllm"),
+    (["eval.protocol=bogus"], "eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"),
+    # settings and prerequisites, before the data stage
+    (["trainer.precision=banana"], "trainer.precision: 'banana' is not a Lightning precision; allowed: transformer-engine, "
+                                   "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16"),
+    (["adapter=qlora", "model.dtype=float33"], "model.dtype: 'float33' is not a torch floating-point dtype; allowed: float32, "
+                                               "bfloat16, float16, float64, float, half, double"),
+    (["data.max_length=100000"], "data.max_length: 100000 is more than the model reads (model.build_tiny.max_position_embeddings "
+                                 "is 2048); allowed: an integer from 8 to 2048"),
+    (["trainer.accelerator=gpuu"], "trainer.accelerator: 'gpuu' is not supported; allowed: cpu, gpu, cuda, auto; available: cpu ..."),
+    (["model.build_tiny=null", "model.path={tmp}/no-such-model"], "model.path: {tmp}/no-such-model does not exist; allowed: a model "
+                                                                  "folder (saved with save_pretrained) or a hub id"),
+    (["model.build_tiny=null", "model.path={tmp}"], "model.path: {tmp} is not a model folder (no config.json there)"),
+    (["model=qwen3_4b_instruct", "model.path=Someone/not-in-the-cache"], "model.path: 'Someone/not-in-the-cache' is not a local folder, "
+                                                                         "and the hub is offline (HF_HUB_OFFLINE=1) with no copy of it in the cache ..."),
+]
+
+
+@pytest.mark.parametrize("overrides, line", REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_a_refused_setting_is_one_line_exit_2_before_any_stage(tmp_path, overrides, line):
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    result = _cli("train.py", *QUICK, *overrides, f"hydra.run.dir={tmp_path}/run")
+    expected = "medinject: error: " + line.replace("{tmp}", str(tmp_path))
+    if expected.endswith(" ..."):  # the rest names a machine's own folder
+        assert _one_line(result).startswith(expected[:-4])
+    else:
+        assert _one_line(result) == expected
+    _no_stage_ran(tmp_path / "run")
+
+
+def test_compose_errors_keep_hydras_text_above_the_line(tmp_path):
+    result = _cli("train.py", "optim.lrr=1", f"hydra.run.dir={tmp_path}/run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Key 'lrr' not in 'OptimConfig'" in lines[:-1] and "full_key: optim.lrr" in result.stderr
+    assert "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "run").exists()
+    prepare = _cli("-m", "medinject.data.prepare", "eval.protocol=bogus", f"hydra.run.dir={tmp_path}/run")  # the other composing tool
+    assert _one_line(prepare) == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"
+    swept = _cli("train.py", "-m", "optim.lrr=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert _one_line(swept) == "medinject: error: optim.lrr: not a setting; optim has: lr, weight_decay, betas, warmup_ratio"
+
+
+def test_a_task_error_is_still_reported_by_hydra(tmp_path):
+    """HYDRA_FULL_ERROR is medinject's only while composing: an error in the task itself gets Hydra's
+    own report (its hint last, status 1), and a user's HYDRA_FULL_ERROR=1 its full traceback."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.yaml").write_text("x: 1\n", encoding="utf-8")
+    (tmp_path / "app.py").write_text(
+        "import os, hydra\nfrom medinject.util.cli import exit_on_compose_error, exit_on_user_error\n"
+        "@hydra.main(version_base='1.3', config_path='conf', config_name='app')\n@exit_on_user_error\n"
+        "def main(cfg):\n    raise RuntimeError(f\"task failed, HYDRA_FULL_ERROR={os.environ.get('HYDRA_FULL_ERROR')}\")\n"
+        "exit_on_compose_error(main)\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run([sys.executable, "app.py", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "RuntimeError: task failed, HYDRA_FULL_ERROR=None" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."
+    result = subprocess.run([sys.executable, "app.py", "y=2", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**env, "HYDRA_FULL_ERROR": "1"}, timeout=120)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigCompositionException" in result.stderr
+
+
+def test_devices_this_machine_lacks_are_refused_naming_what_it_has(tmp_path):
+    n = _cuda_devices()
+    available = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n))])
+    result = _cli("train.py", *QUICK, f"eval.device=cuda:{n}", f"hydra.run.dir={tmp_path}/run")
+    line = _one_line(result)
+    assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine, which has ") and line.endswith(f"; available: {available}")
+    _no_stage_ran(tmp_path / "run")
+    if n == 0:
+        result = _cli("train.py", *QUICK, "trainer=gpu", f"hydra.run.dir={tmp_path}/gpu")
+        assert _one_line(result).startswith("medinject: error: trainer.accelerator: 'gpu' (trainer=gpu, trainer=ddp) needs a CUDA GPU, "
+                                            "and this machine has none")
+        _no_stage_ran(tmp_path / "gpu")
+
+
+def test_max_length_is_checked_against_the_models_config_without_loading_it(tmp_path):
+    folder = _model_folder_with_only_a_config(tmp_path, context=128)
+    result = _cli("train.py", *QUICK, "model.build_tiny=null", f"model.path={folder}", "data.max_length=200", f"hydra.run.dir={tmp_path}/run")
+    assert _one_line(result) == (f"medinject: error: data.max_length: 200 is more than the model reads (max_position_embeddings in "
+                                 f"{folder / 'config.json'} is 128); allowed: an integer from 8 to 128")
+    _no_stage_ran(tmp_path / "run")
+
+
+def test_the_precision_and_dtype_lists_are_lightnings_and_torchs():
+    from typing import get_args
+
+    import torch
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from medinject.config import LIGHTNING_PRECISIONS, TORCH_FLOAT_DTYPES
+
+    assert set(LIGHTNING_PRECISIONS) == set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+    assert all(getattr(torch, name).is_floating_point for name in TORCH_FLOAT_DTYPES)
+
+
+def test_a_refusal_imports_no_heavy_library(tmp_path):
+    """What makes a refusal fast (bench/refusal_time.py times it): nothing of torch, Lightning,
+    transformers or peft is imported before the settings are checked."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['train.py', 'optim.lr=-1', 'hydra.run.dir={tmp_path}/run']\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))\n")
+    result = _cli("-c", code)
+    assert result.stdout.split() == ["exit", "2", "[]"], result.stderr[-2000:]
+
+
+def test_the_budget_refusal_names_the_dropped_duplicates(tmp_path):
+    data = _sample_copy(tmp_path)
+    train = data / "native" / "train"
+    first = (train / "mcq.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    for f in train.glob("*.jsonl"):
+        f.unlink()
+    (train / "mcq.jsonl").write_text((first + "\n") * 200, encoding="utf-8")
+    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "data=native", f"paths.sample_data={data}",
+                  f"hydra.run.dir={tmp_path}/run")
+    assert _one_line(result) == ("medinject: error: mix.budget: source 'native' has 1 training rows, 47 short of its equal share of 48, "
+                                 "after 199 of its rows were dropped as duplicates (data.duplicates=drop; data.duplicates=keep trains "
+                                 "on every copy); lower mix.budget, or mix.strategy=weighted with mix.allow_repeat=true repeats rows")
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ GPU faults in a stage
+
+def out_of_memory_callback():
+    """A Lightning callback (given as `+callbacks.oom._target_`) that raises torch's real CUDA
+    out-of-memory error from the first training batch, as an allocation on the GPU would."""
+    import lightning as L
+    import torch
+
+    class OutOfMemory(L.Callback):
+        def on_train_batch_start(self, *args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    return OutOfMemory()
+
+
+def _raises(make_error):
+    def stage(*args, **kwargs):
+        raise make_error()
+
+    return stage
+
+
+def _gpu_fault_record(cfg, line: str, ran: set[str]) -> None:
+    from medinject.run import run
+
+    with pytest.raises(UserError) as err:
+        run(cfg)
+    assert str(err.value) == line
+    record = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert record["status"] == "failed" and record["error"] == f"UserError: {line}"
+    assert set(record["timing"]) - {"total"} == ran  # the stages before the one that failed
+
+
+def test_a_distributed_error_in_the_data_stage_names_the_stage_and_settings(smoke_cfg, monkeypatch):
+    import torch.distributed
+
+    import medinject.run
+
+    monkeypatch.setattr(medinject.run, "prepare_data", _raises(lambda: torch.distributed.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:1, unhandled system error")))
+    _gpu_fault_record(smoke_cfg("logger=none"), "stage data: distributed error, DistBackendError (NCCL error in: ProcessGroupNCCL.cpp:1, "
+                      "unhandled system error); check that trainer.devices and trainer.num_nodes match the GPUs and tasks the job has, "
+                      "and that every node reaches the others (NCCL_DEBUG=INFO says why NCCL failed); trainer=gpu trains on one GPU "
+                      "without NCCL", ran=set())
+
+
+def test_out_of_memory_in_the_model_stage_names_the_stage_and_settings(smoke_cfg, monkeypatch):
+    import torch
+
+    import medinject.model.load
+
+    monkeypatch.setattr(medinject.model.load, "load_model", _raises(lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")))
+    _gpu_fault_record(smoke_cfg("logger=none"), "stage model: out of GPU memory (CUDA out of memory. Tried to allocate 8.00 GiB); "
+                      "the base model does not fit: adapter=qlora or adapter=qdora (4-bit weights), or a GPU with more memory", ran={"data"})
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_training_names_the_stage_and_settings(smoke_cfg):
+    cfg = smoke_cfg("logger=none", "trainer.max_steps=2", "+callbacks.oom._target_=test_bad_input.out_of_memory_callback")
+    _gpu_fault_record(cfg, "stage train: out of GPU memory (CUDA out of memory. Tried to allocate 20.00 GiB); lower trainer.batch_size "
+                      "(raise trainer.accumulate_grad_batches to keep the examples per step), set trainer.gradient_checkpointing=true, "
+                      "or lower data.max_length", ran={"data", "model"})
+    assert not (Path(cfg.paths.output_dir) / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_evaluation_names_the_stage_and_settings(smoke_cfg, monkeypatch):
+    import torch
+
+    import medinject.eval.runner
+
+    monkeypatch.setattr(medinject.eval.runner, "evaluate_model", _raises(lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")))
+    cfg = smoke_cfg("logger=none", "trainer.max_steps=1", "eval.limit=1")
+    _gpu_fault_record(cfg, "stage eval: out of GPU memory (CUDA out of memory. Tried to allocate 1.00 GiB); lower eval.batch_size "
+                      "(eval.judge.batch_size for the judge); with eval.backend=vllm, lower eval.vllm_gpu_memory_utilization (the vLLM "
+                      "memory share), or eval.backend=hf", ran={"data", "model", "train"})
+
+
+def test_gpus_beyond_what_the_machine_has_are_refused(monkeypatch):
+    """The count of GPUs comes from torch where a driver is loaded; the refusals built on it, checked
+    here with the count this machine would report if it had two."""
+    from medinject.model import preflight
+
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"^trainer.devices: 4 GPUs asked for, and this machine has 2; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=ddp", "trainer.devices=4"))
+    with pytest.raises(UserError, match=r"^trainer.devices: GPU 2 asked for, and this machine has 2; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=gpu", "trainer.devices=[0,2]"))
+    with pytest.raises(UserError, match=r"^eval.device: 'cuda:2' is not on this machine, which has 2 CUDA GPUs; available: cpu, cuda:0, cuda:1$"):
+        preflight.check_devices(compose_cfg("trainer=gpu", "eval.device=cuda:2"))
+    preflight.check_devices(compose_cfg("trainer=ddp", "trainer.devices=2", "eval.device=cuda:1", "eval.judge.device=auto"))

@@ -71,3 +71,15 @@ def test_the_count_reduced_across_processes_lives_on_the_strategys_root_device()
     assert summed.device == strategy.root_device and summed.shape == (2,)
     cpu = summed_over_processes(SingleDeviceStrategy(device=torch.device("cpu")), 3, 4)
     assert cpu.tolist() == [3.0, 4.0]
+
+
+def test_a_process_alone_is_rank_zero_without_importing_lightning(env):
+    import subprocess
+    import sys
+
+    code = ("import sys; from medinject.util.cluster import is_main_process; "
+            "assert is_main_process(); print('lightning' in sys.modules)")
+    clean = {k: v for k, v in __import__("os").environ.items() if k not in CLUSTER_VARS and not k.startswith(("SLURM_", "OMPI_", "PMI"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    assert type(cluster_environment()).__name__ == "LightningEnvironment" and is_main_process()

@@ -444,6 +444,17 @@ _RANGES = [
 ]
 
 
+# What Lightning's Trainer accepts as `precision` (lightning/fabric/plugins/precision/precision.py:
+# _PRECISION_INPUT_STR and _PRECISION_INPUT_STR_ALIAS), kept here so that checking it imports no Lightning;
+# tests/test_bad_input.py pins it to Lightning's own lists.
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+                        "32-true", "64-true", "64", "32", "16", "bf16")
+# The torch dtypes model/load.py loads weights in (names of torch attributes); a test pins them to torch.
+TORCH_FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64", "float", "half", "double")
+# Checked in this order: adapter.compute_dtype usually interpolates model.dtype, which is named first.
+_DTYPE_KEYS = ("model.dtype", "adapter.compute_dtype")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Refuse, in one line naming the key and its allowed range, a value that would crash late, be
     silently ignored, or train nothing; and the combinations no run supports."""
@@ -454,6 +465,11 @@ def check_settings(cfg: DictConfig) -> None:
         if not allowed(value):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise UserError(f"{key}: {shown!r} is out of range; allowed: {range_text}")
+    if cfg.trainer.precision not in LIGHTNING_PRECISIONS:
+        raise UserError(f"trainer.precision: {cfg.trainer.precision!r} is not a Lightning precision; allowed: {', '.join(LIGHTNING_PRECISIONS)}")
+    for key in _DTYPE_KEYS:
+        if (value := OmegaConf.select(cfg, key)) not in TORCH_FLOAT_DTYPES:
+            raise UserError(f"{key}: {value!r} is not a torch floating-point dtype; allowed: {', '.join(TORCH_FLOAT_DTYPES)}")
     t = cfg.trainer
     if not (t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps >= 1)):
         raise UserError(f"trainer.max_epochs: {t.max_epochs!r} trains nothing; allowed: an integer >= 1, or -1 with trainer.max_steps >= 1")

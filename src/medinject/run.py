@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from medinject.config import check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.prepare import PreparedData, prepare_data, write_records
-from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
-from medinject.model.load import load_model
-from medinject.train.fit import fit, save_adapter
+from medinject.model.preflight import check_run_prerequisites
 from medinject.train.loggers import finish_wandb, log_results
 from medinject.util.cluster import is_main_process
 from medinject.util.errors import Interrupted, UserError, one_line
@@ -52,6 +50,7 @@ def run(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         try:
             check_settings(cfg)  # before anything is read or loaded
+            check_run_prerequisites(cfg)  # devices, the model folder and its context: still nothing loaded
             record["inputs"] = input_hashes(cfg)
             check_inputs(_read_json(out_dir / INPUTS), record["inputs"], out_dir)
             if cfg.skip_completed and done:
@@ -84,6 +83,14 @@ def _write_final_record(out_dir: Path, record: dict) -> None:
 
 
 def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
+    # torch, Lightning, transformers and peft are imported here, once the settings have been checked:
+    # a refused setting answers in a second or two, not after the ~10 s these imports take
+    import lightning as L
+
+    from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
+    from medinject.model.load import load_model
+    from medinject.train.fit import fit, save_adapter
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = to_container(cfg)
     main = is_main_process()
@@ -191,5 +198,37 @@ def _missing_outputs(out_dir: Path, record: dict) -> str | None:
 def _stage(record: dict, name: str):
     start = time.perf_counter()
     log.info("stage %s", name)
-    yield
+    try:
+        yield
+    except Exception as err:
+        if (line := gpu_failure(name, err)) is None:
+            raise
+        raise UserError(line) from err  # one line, like every other failure; results.json says failed
     record["timing"][name] = round(time.perf_counter() - start, 3)
+
+
+# What to change when a stage runs out of GPU memory, per stage.
+_OUT_OF_MEMORY_ADVICE = {
+    "data": "the data stage uses no GPU: another process holds its memory",
+    "model": "the base model does not fit: adapter=qlora or adapter=qdora (4-bit weights), or a GPU with more memory",
+    "train": "lower trainer.batch_size (raise trainer.accumulate_grad_batches to keep the examples per step), "
+             "set trainer.gradient_checkpointing=true, or lower data.max_length",
+    "eval": "lower eval.batch_size (eval.judge.batch_size for the judge); with eval.backend=vllm, lower "
+            "eval.vllm_gpu_memory_utilization (the vLLM memory share), or eval.backend=hf",
+}
+
+
+def gpu_failure(stage: str, err: BaseException) -> str | None:
+    """The one line for a CUDA out-of-memory or a distributed (NCCL) error raised in a stage, naming
+    the stage and the settings to change; None for any other error."""
+    torch = sys.modules.get("torch")  # such an error can only come from torch, already imported
+    if torch is None:
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return f"stage {stage}: out of GPU memory ({first}); {_OUT_OF_MEMORY_ADVICE[stage]}"
+    if torch.distributed.is_available() and isinstance(err, torch.distributed.DistError):
+        return (f"stage {stage}: distributed error, {type(err).__name__} ({first}); check that trainer.devices and "
+                "trainer.num_nodes match the GPUs and tasks the job has, and that every node reaches the others "
+                "(NCCL_DEBUG=INFO says why NCCL failed); trainer=gpu trains on one GPU without NCCL")
+    return None

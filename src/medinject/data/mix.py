@@ -32,7 +32,7 @@ def _first(name: str, ids: list[str], ranked: list[int], want: int, seed: int, a
     if want <= len(ranked):
         return ranked[:want]
     if not allow_repeat:
-        raise UserError(f"mix.budget: source '{name}' has {len(ranked)} training rows, {want - len(ranked)} short of its {why} of {want}")
+        raise _TooFewRows(f"mix.budget: source '{name}' has {len(ranked)} training rows, {want - len(ranked)} short of its {why} of {want}")
     passes, rest = divmod(want, len(ranked))
     return ranked * passes + _ranked(ids, ranked, seed + passes)[:rest]
 
@@ -75,7 +75,9 @@ def _as_dict(weights) -> dict:
     return {str(k): v for k, v in weights.items()}
 
 
-def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int) -> list[Example]:
+def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int, dropped_duplicates: dict[str, int] | None = None) -> list[Example]:
+    """The run's training examples; `dropped_duplicates` (source -> rows dropped as duplicates) only
+    makes a refusal for too few rows say where the rows went."""
     names = sorted(rows_by_source)
     if not names:
         raise UserError("data.sources: a provenance configuration needs at least one source")
@@ -94,12 +96,35 @@ def select(rows_by_source: dict[str, Rows], mix: DictConfig, seed: int) -> list[
         quotas, why, repeat = _weighted_quotas(_as_dict(mix.weights), names, budget), "weighted share", mix.allow_repeat
     else:
         raise UserError(f"mix.strategy: unknown strategy {strategy!r}")
-    return _gather(rows_by_source, quotas, seed, mix.task_balance, repeat, why)
+    try:
+        return _gather(rows_by_source, quotas, seed, mix.task_balance, repeat, why)
+    except _TooFewRows as err:
+        raise UserError(_too_few_rows_message(err, strategy, (dropped_duplicates or {}).get(err.source, 0))) from None
 
 
 def _gather(rows_by_source: dict[str, Rows], quotas: dict[str, int], seed: int, balance: TaskBalance, repeat: bool, why: str) -> list[Example]:
     chosen: list[Example] = []
     for name in sorted(quotas):
         rows = rows_by_source[name]
-        chosen.extend(rows.take(_take(name, rows, quotas[name], seed, balance, repeat, why)))
+        try:
+            chosen.extend(rows.take(_take(name, rows, quotas[name], seed, balance, repeat, why)))
+        except _TooFewRows as err:
+            err.source = name
+            raise
     return chosen
+
+
+class _TooFewRows(UserError):
+    source = ""
+
+
+def _too_few_rows_message(err: _TooFewRows, strategy: MixStrategy, dropped: int) -> str:
+    """The refusal, with where rows went and what changes it: duplicates dropped (data.duplicates),
+    rows repeated (mix.allow_repeat, weighted mixes only)."""
+    text = str(err)
+    if dropped:
+        text += (f", after {dropped} of its rows were dropped as duplicates (data.duplicates=drop; "
+                 "data.duplicates=keep trains on every copy)")
+    if strategy == MixStrategy.weighted:
+        return text + "; mix.allow_repeat=true repeats its rows, or lower mix.budget"
+    return text + "; lower mix.budget, or mix.strategy=weighted with mix.allow_repeat=true repeats rows"

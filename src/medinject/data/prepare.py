@@ -166,7 +166,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
             if not rows:
                 raise UserError(f"data.sources.{name}: no training row left after decontamination")
 
-    examples = select(train, cfg.mix, cfg.seed)
+    dropped = {name: found["within_source"] + found["across_sources"] for name, found in duplicates.items() if found["action"] == "drop"}
+    examples = select(train, cfg.mix, cfg.seed, dropped)
     manifest = {
         "data_config": cfg.data.name,
         "sources": {
@@ -197,7 +198,7 @@ def write_records(prepared: PreparedData, out_dir: Path) -> None:
 def main() -> None:
     import hydra
 
-    from medinject.util.cli import exit_on_user_error
+    from medinject.util.cli import exit_on_compose_error, exit_on_user_error
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
     @exit_on_user_error
@@ -207,7 +208,7 @@ def main() -> None:
         write_records(prepared, out_dir)
         print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / 'manifest.json'}")
 
-    _prepare()
+    exit_on_compose_error(_prepare)
 
 
 if __name__ == "__main__":

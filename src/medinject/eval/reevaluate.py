@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from medinject.config import RunConfig
+from medinject.config import RunConfig, check_settings
+from medinject.model.preflight import check_run_prerequisites
 from medinject.util.errors import UserError, one_line
 from medinject.util.io import read_json, write_json_atomic, write_jsonl_atomic
 
@@ -24,12 +25,6 @@ log = logging.getLogger("medinject.eval")
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
-    from peft import PeftModel
-
-    from medinject.data.prepare import load_test_sets
-    from medinject.eval.runner import eval_items, evaluate_model, evaluation_record
-    from medinject.model.load import load_tokenizer_and_model
-
     results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
     for path in (results_path, config_path, adapter / "adapter_config.json"):
         if not path.exists():
@@ -45,8 +40,16 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved, OmegaConf.from_dotlist(overrides))
     except Exception as err:  # omegaconf validation errors: one line
-        raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{getattr(err, 'full_key', None) or 'overrides'}: {str(err).splitlines()[0]}") from None
     cfg.paths.output_dir = str(run_dir)
+    check_settings(cfg)
+    check_run_prerequisites(cfg)  # the devices asked for, the model folder: before the seconds the imports below take
+
+    from peft import PeftModel
+
+    from medinject.data.prepare import load_test_sets
+    from medinject.eval.runner import eval_items, evaluate_model, evaluation_record
+    from medinject.model.load import load_tokenizer_and_model
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     device = cfg.eval.device or _default_device(cfg.trainer.accelerator)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+from dataclasses import fields, is_dataclass
 import sys
 
 from medinject.util.errors import Interrupted, UserError
@@ -17,6 +19,7 @@ def exit_on_user_error(task):
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
+        _task_errors_to_hydra()
         try:
             return task(*args, **kwargs)
         except UserError as err:
@@ -52,3 +55,81 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# Hydra (1.3) reports a config that does not compose itself: its run_and_report prints the message, then
+# the generic HYDRA_FULL_ERROR hint as the last line, and exits 1; its callbacks start only once a
+# config composed, so none sees the error. With HYDRA_FULL_ERROR=1, its documented switch, Hydra raises
+# the error instead, and `exit_on_compose_error` ends it as every other refusal ends. The task switches
+# it back off when it starts (`_task_errors_to_hydra`): what fails in a run is reported as before.
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_compose_errors_are_ours = False
+
+
+def exit_on_compose_error(app) -> None:
+    """Call a `@hydra.main` app; a config that does not compose (an unknown key, a wrong type, an
+    unknown group option, a bad choice) ends with Hydra's own message, then one line naming the key,
+    and exit status 2. A user who set HYDRA_FULL_ERROR gets Hydra's full traceback, as asked."""
+    global _compose_errors_are_ours
+    if os.environ.get(_FULL_ERROR):
+        app()
+        return
+    os.environ[_FULL_ERROR] = "1"
+    _compose_errors_are_ours = True
+    try:
+        app()
+    except Exception as err:
+        line = compose_error_line(err)
+        if line is None or not _compose_errors_are_ours:
+            raise
+        print(_hydra_text(err), file=sys.stderr)
+        _exit(2, f"medinject: error: {line}")
+    finally:
+        _task_errors_to_hydra()
+
+
+def _task_errors_to_hydra() -> None:
+    global _compose_errors_are_ours
+    if _compose_errors_are_ours:
+        os.environ.pop(_FULL_ERROR, None)
+        _compose_errors_are_ours = False
+
+
+def compose_error_line(err: BaseException) -> str | None:
+    """The one line for an error Hydra raises while composing the config, naming the key or the group
+    (None for any other error)."""
+    from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        available = ", ".join(err.options) if err.options else "none"
+        return f"{group.replace('/', '.')}: no option {option!r}; available: {available}"
+    if isinstance(err, OverrideParseException):
+        return f"{err.override}: {_first_line(err.message)}"
+    if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+        return f"{err.full_key}: {_first_line(err.msg)}"
+    if isinstance(err, CompactHydraException):
+        cause = err.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None) and is_dataclass(cause.object_type):
+            parent = cause.full_key.rpartition(".")[0] or "the config"
+            return f"{cause.full_key}: not a setting; {parent} has: {', '.join(f.name for f in fields(cause.object_type))}"
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return f"{cause.full_key}: {_first_line(cause.msg)}"
+        return _first_line(str(err))
+    return None
+
+
+def _hydra_text(err: BaseException) -> str:
+    """What Hydra itself prints for the error (its message, and the OmegaConf error behind it)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = str(err).rstrip()
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        text += "\n" + str(err.__cause__).rstrip()
+    return text
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "the config does not compose"

@@ -11,6 +11,18 @@ Lightning's own environment reads.
 
 from __future__ import annotations
 
+import os
+
+# Where a process manager or a launcher says there is more than one process; without any of these,
+# every environment Lightning knows detects nothing and the process is alone (rank 0). Checked first so
+# that a refused setting does not wait for torch to import.
+_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")
+_MANAGER_PREFIXES = ("SLURM_", "LSB_", "OMPI_", "PMI_", "PMIX_")
+
+
+def _alone() -> bool:
+    return not any(v in os.environ for v in _RANK_VARS) and not any(k.startswith(_MANAGER_PREFIXES) for k in os.environ)
+
 
 def cluster_environment():
     """The `ClusterEnvironment` Lightning's Trainer would choose in this process."""
@@ -30,6 +42,8 @@ def cluster_environment():
 
 def is_main_process() -> bool:
     """Rank 0 of the run: the process that takes the run lock, saves, evaluates and writes results."""
+    if _alone():
+        return True
     from lightning.fabric.plugins.environments import LightningEnvironment
 
     environment = cluster_environment()
