@@ -392,11 +392,24 @@ def compute_cells(
     return cells
 
 
+def report_statistics(
+    runs: list[Run], configs: list[str], metrics: list[str], baseline: str | None, n_resamples: int, seed: int,
+    seed_variances: dict | None = None, effect: float | None = None, with_power: bool = True,
+) -> tuple[dict[tuple[str, str], Cell], dict | None, int]:
+    """Every test of a report as one family: (cells with their Holm p and power, the mixture report
+    with its optima settled over the same family, the family's size). `with_power=False` leaves the
+    power entries out (they decide nothing that is significant)."""
+    cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
+    completed = [r for r in runs if r.status == "completed"]
+    mixture = mixture_report(completed, metrics, score_table, n_resamples, seed, comparison_pvalues(cells), seed_variances, ALPHA)
+    return cells, mixture, adjust_for_multiplicity(cells, flatness_pvalues(mixture), effect, with_power)
+
+
 def comparison_pvalues(cells: dict[tuple[str, str], Cell]) -> list[float]:
     return [cell.comparison.p_value for cell in cells.values() if cell.comparison is not None and math.isfinite(cell.comparison.p_value)]
 
 
-def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell], extra: list[float] = (), effect: float | None = None) -> int:
+def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell], extra: list[float] = (), effect: float | None = None, with_power: bool = True) -> int:
     """Holm and Benjamini-Hochberg p-values over the family of every test in the report (each config
     against the baseline, on every metric and test set, and `extra`: the mixture's flatness tests);
     then each comparison's power at that family's Holm level (MDE, seeds needed for `effect`, default
@@ -405,7 +418,7 @@ def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell], extra: list[floa
     raw = [cell.comparison.p_value for cell in compared] + list(extra)
     for cell, holm, bh in zip(compared, adjust_pvalues(raw, "holm"), adjust_pvalues(raw, "bh")):
         cell.p_holm, cell.p_bh = float(holm), float(bh)
-    for cell in compared:
+    for cell in compared if with_power else ():
         c = cell.comparison
         cell.power = power_entry(cell.components, ALPHA, len(raw), effect if effect is not None else c.diff)
         cell.power["verdict"] = verdict(c.low, c.high, cell.p_holm, cell.power.get("mde"), ALPHA)
@@ -905,11 +918,8 @@ def build_report(
     log.info("report: %d runs of %d configs (%s)", len(runs), len(configs), ", ".join(f"{n} {s}" for s, n in counts.items()))
     metrics = metric_names(runs)
     log.info("report: %d metrics; bootstrap with %d replicates", len(metrics), n_resamples)
-    cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
-    completed = [r for r in runs if r.status == "completed"]
     variances = pilot_seed_variances(load_runs(Path(pilot)), metrics) if pilot else None
-    mixture = mixture_report(completed, metrics, score_table, n_resamples, seed, comparison_pvalues(cells), variances, ALPHA)
-    n_compared = adjust_for_multiplicity(cells, flatness_pvalues(mixture), effect)
+    cells, mixture, n_compared = report_statistics(runs, configs, metrics, baseline, n_resamples, seed, variances, effect)
     write_text_atomic(out / "power.json", json.dumps(power_json(cells, n_compared), indent=2) + "\n")
 
     notes = [

@@ -28,11 +28,12 @@ sweep cannot estimate it, and its item-level test leaves it out.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 POWER = 0.8
 SEED_COUNTS = (1, 3, 5, 10)
@@ -93,27 +94,30 @@ def mean_variance(c: Components, n_seeds: int, n_items: int | None = None) -> fl
     return c.seed / n_seeds + c.item / n_items + c.item_seed / (n_seeds * n_items)
 
 
-def degrees_of_freedom(c: Components, n_seeds: int, n_items: int | None = None) -> float:
-    """Satterthwaite's degrees of freedom of V(S, I) estimated from a sweep of `n_seeds` seeds and
-    `n_items` items with these (true) components; inf for one seed (the seed variance taken as known)."""
-    if n_seeds < 2:
-        return math.inf
-    if c.item is None:
-        return float(n_seeds - 1)
-    n_items = n_items or c.n_items
+SEED_LIMIT = 0.05  # df are Satterthwaite's at the seed mean square's upper (1 - SEED_LIMIT) confidence limit
+_DRAWS = 2000  # mean-square draws of the power prediction (fixed, so the prediction is smooth in delta)
+
+
+def _test_parts(ms_seed, ms_item, ms_res, n_seeds: int, n_items: int):
+    """(V, df) of the test from its mean squares (scalars or arrays of draws): V = (MS_seed + MS_item -
+    MS_res) / (S I), never below max(MS_seed, MS_item) / (S I), which the true V is never below either
+    (E[MS_seed] and E[MS_item] are both >= E[MS_res]); df by Satterthwaite with MS_seed at its upper
+    confidence limit (module doc)."""
     s, i = n_seeds, n_items
-    # V = a_s MS_seed + a_i MS_item + a_e MS_res, with the expected mean squares of that design
-    ms = {"seed": c.item_seed + i * c.seed, "item": c.item_seed + s * c.item, "res": c.item_seed}
-    dof = {"seed": s - 1, "item": i - 1, "res": (s - 1) * (i - 1)}
-    coef = {"seed": 1 / (s * i), "item": 1 / (s * i), "res": -1 / (s * i)}
-    total = sum(coef[k] * ms[k] for k in ms)
-    spread = sum((coef[k] * ms[k]) ** 2 / dof[k] for k in ms if dof[k] > 0)
-    return float(total**2 / spread) if spread > 0 else math.inf
+    cells = s * i
+    variance = np.maximum(ms_seed + ms_item - ms_res, np.maximum(ms_seed, ms_item)) / cells
+    upper = ms_seed * (s - 1) / stats.chi2.ppf(SEED_LIMIT, s - 1)
+    numerator = np.maximum(upper + ms_item - ms_res, np.maximum(upper, ms_item))
+    spread = upper**2 / (s - 1) + ms_item**2 / (i - 1) + ms_res**2 / ((s - 1) * (i - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(spread > 0, numerator**2 / np.where(spread > 0, spread, 1.0), np.inf)
+    return variance, df
 
 
 def paired_t(matrix: np.ndarray) -> tuple[float, float, Components] | None:
     """(mean, two-sided p-value, components) of the test of a zero mean difference (module doc) on a
-    seeds x items matrix of paired differences; None with fewer than 2 seeds."""
+    seeds x items matrix of paired differences; None with fewer than 2 seeds. For one column (a
+    corpus-level metric) it is the paired t test over seeds."""
     c = variance_components(matrix)
     if c is None:
         return None
@@ -122,35 +126,41 @@ def paired_t(matrix: np.ndarray) -> tuple[float, float, Components] | None:
     if c.item is None:
         variance, df = c.seed / c.n_seeds, float(c.n_seeds - 1)
     else:
-        s, i = d.shape
-        ms_seed, ms_item, ms_res = _mean_squares(d)
-        # the truncated components' V, written in mean squares, for Satterthwaite
-        a_seed = 1.0 if c.seed > 0 else 0.0
-        a_item = 1.0 if c.item > 0 else 0.0
-        parts = [(a_seed * ms_seed, s - 1), (a_item * ms_item, i - 1), ((1 - a_seed - a_item) * ms_res, (s - 1) * (i - 1))]
-        variance = sum(p for p, _ in parts) / (s * i)
-        spread = sum(p**2 / k for p, k in parts if k > 0) / (s * i) ** 2
-        df = variance**2 / spread if spread > 0 else math.inf
+        variance, df = (float(v) for v in _test_parts(*_mean_squares(d), *d.shape))
     if variance <= 0:
         return mean, (1.0 if mean == 0 else 0.0), c
-    t = mean / math.sqrt(variance)
-    return mean, float(2 * stats.t.sf(abs(t), df)), c
+    return mean, float(2 * stats.t.sf(abs(mean) / math.sqrt(variance), df)), c
+
+
+@functools.lru_cache(maxsize=256)
+def _reach(c: Components, n_seeds: int, n_items: int, alpha: float) -> tuple[np.ndarray, float]:
+    """(|mean| beyond which the test rejects, per draw of its mean squares; sd of the mean) of a design."""
+    sd = math.sqrt(mean_variance(c, n_seeds, n_items))
+    if n_seeds < 2:
+        return np.array([stats.norm.isf(alpha / 2) * sd]), sd
+    s, i = n_seeds, n_items
+    rng = np.random.default_rng(0)
+    seed_draws = rng.chisquare(s - 1, _DRAWS) / (s - 1)
+    if c.item is None:
+        v_hat, df = c.seed * seed_draws / s, np.full(_DRAWS, s - 1.0)
+    else:
+        expected = (c.item_seed + i * c.seed, c.item_seed + s * c.item, c.item_seed)
+        dof = (s - 1, i - 1, (s - 1) * (i - 1))
+        draws = [seed_draws] + [rng.chisquare(k, _DRAWS) / k for k in dof[1:]]
+        v_hat, df = _test_parts(*(e * w for e, w in zip(expected, draws)), s, i)
+    return -special.stdtrit(df, alpha / 2) * np.sqrt(v_hat), sd  # stdtrit: t's inverse CDF (stats.t.isf, fast)
 
 
 def power(delta: float, c: Components, n_seeds: int, alpha: float, n_items: int | None = None) -> float:
-    """Power of the two-sided paired test at a true difference `delta`."""
-    variance = mean_variance(c, n_seeds, n_items)
-    if variance <= 0:
+    """Power of the two-sided paired test at a true difference `delta` with `n_seeds` seeds and
+    `n_items` items, the components taken as true: for 2+ seeds the mean, over draws of the mean
+    squares from their (scaled chi-square) distributions, of the exact rejection probability given
+    them (the mean is independent of the mean squares); for one seed the normal test with V known
+    (a pilot's seed variance)."""
+    if mean_variance(c, n_seeds, n_items) <= 0:
         return 1.0 if delta != 0 else alpha
-    df = degrees_of_freedom(c, n_seeds, n_items)
-    shift = abs(delta) / math.sqrt(variance)
-    if df < 1e5:
-        t = stats.t.isf(alpha / 2, df)
-        upper, lower = float(stats.nct.sf(t, df, shift)), float(stats.nct.cdf(-t, df, shift))
-        if math.isfinite(upper):  # the far tail (against the shift) is NaN in scipy where it is ~0
-            return min(1.0, upper + (lower if math.isfinite(lower) else 0.0))
-    z = stats.norm.isf(alpha / 2)  # a known variance (or so many df that t is normal)
-    return float(stats.norm.sf(z - shift) + stats.norm.cdf(-z - shift))
+    reach, sd = _reach(c, n_seeds, n_items or c.n_items, alpha)
+    return float(np.mean(special.ndtr((abs(delta) - reach) / sd) + special.ndtr((-reach - abs(delta)) / sd)))
 
 
 def mde(c: Components, n_seeds: int, alpha: float, target: float = POWER, n_items: int | None = None) -> float:
@@ -164,16 +174,23 @@ def mde(c: Components, n_seeds: int, alpha: float, target: float = POWER, n_item
         high *= 2
         if high > 1e6 * scale:
             return math.inf
-    return float(optimize.brentq(lambda d: power(d, c, n_seeds, alpha, n_items) - target, 0.0, high, xtol=1e-9 * scale))
+    return float(optimize.brentq(lambda d: power(d, c, n_seeds, alpha, n_items) - target, 0.0, high, xtol=1e-4 * scale))
 
 
 def seeds_needed(delta: float, c: Components, alpha: float, target: float = POWER, n_items: int | None = None) -> int | None:
     """The fewest seeds (2 or more: seed noise must be estimable) whose test finds `delta` with
-    probability `target`; None when even MAX_SEEDS do not (the item terms alone are too wide)."""
-    for n in range(2, MAX_SEEDS + 1):
-        if power(delta, c, n, alpha, n_items) >= target:
-            return n
-    return None
+    probability `target`; None when even MAX_SEEDS do not (the item terms alone are too wide). Power
+    grows with the seeds, so a bisection finds it."""
+    if power(delta, c, MAX_SEEDS, alpha, n_items) < target:
+        return None
+    low, high = 1, MAX_SEEDS  # power(low) < target <= power(high)
+    if power(delta, c, 2, alpha, n_items) >= target:
+        return 2
+    low = 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if power(delta, c, middle, alpha, n_items) >= target else (middle, high)
+    return high
 
 
 def power_entry(c: Components | None, alpha: float, family_size: int, delta: float | None = None) -> dict:

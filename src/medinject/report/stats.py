@@ -13,15 +13,15 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
 * `paired_difference`: a config against a baseline on the same items. Cells are matched by item key
   and by seed where both configs have that seed; with no seed in common, each item's score is first
   averaged over each config's seeds. Reported: difference of means, its CI (the same bootstrap on
-  the matrix of differences) and a two-sided p-value. With two or more matched seeds and per-item
-  scores, the p-value is `power.paired_t`'s: a t test whose noise is the seed, item and item x seed
-  variance components of the differences (Satterthwaite's degrees of freedom), so a seed that shifts
-  the whole test set is noise, not an effect; the same model gives the report's minimum detectable
-  effects. Otherwise (one seed, no seed in common, or a run-level metric) it comes from a sign-flip
-  permutation test (`sign_flip_pvalue`): under the null hypothesis each unit's difference is as likely
-  to have either sign; the unit is the item (seed-averaged), for a run-level metric (one column) the
-  seed. With one seed that test cannot include seed-to-seed noise: it asks whether these two trained
-  models differ on this test distribution, not whether the data configs do.
+  the matrix of differences) and a two-sided p-value. With two or more matched seeds the p-value is
+  `power.paired_t`'s: a t test whose noise is the seed, item and item x seed variance components of
+  the differences, so a seed that shifts the whole test set is noise, not an effect (for a run-level
+  metric, one column, the paired t test over seeds); the same model gives the report's minimum
+  detectable effects. Otherwise (one seed, or no seed in common) it comes from a sign-flip
+  permutation test over items (`sign_flip_pvalue`): under the null hypothesis each item's
+  (seed-averaged) difference is as likely to have either sign. That test cannot include seed-to-seed
+  noise: it asks whether these two trained models differ on this test distribution, not whether
+  their data configs do.
 
 * `bootstrap_point_means`: the same two-level bootstrap for several design points at once (the runs of a
   mixture design or of a learning curve), so that a model fitted to the points can be refitted per
@@ -200,7 +200,7 @@ def paired_difference(
     if matrix.size == 0:
         return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), n_matched, 0)
     estimate = bootstrap_ci(matrix, confidence, n_resamples, seed)
-    tested = paired_t(matrix) if n_matched >= 2 and matrix.shape[1] > 1 else None
+    tested = paired_t(matrix) if n_matched >= 2 else None
     if tested is not None:  # seeds matched: a test whose noise includes the seed-to-seed spread
         p_value = tested[1]
     else:
