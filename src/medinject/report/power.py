@@ -16,14 +16,22 @@ The mean difference over S seeds and I items then has variance
     V(S, I) = seed / S + item / I + item_seed / (S I),
 
 so more items shrink only the item terms and more seeds only the seed terms: with few seeds the seed
-term dominates whatever the test-set size. `paired_t` tests delta = 0 with t = mean / sqrt(V) and
-Satterthwaite's degrees of freedom for the mean squares V is made of (a seed variance estimated from S
-seeds has S - 1 of them, so with 2 or 3 seeds the test is honest and weak). Power at a true delta is
-that of the two-sided t test: P(|T| > t_crit) with T noncentral t (df, delta / sqrt(V)). The MDE is the
-delta with 80% power at a given alpha; for a report's family of m comparisons the alpha is Holm's
-first (smallest) threshold, alpha / m, so a true difference of the MDE is found after Holm with at
-least that power. For one seed, V is taken as if `seed` were known (from a pilot sweep): a one-seed
-sweep cannot estimate it, and its item-level test leaves it out.
+term dominates whatever the test-set size. `paired_t` tests delta = 0 with t = mean / sqrt(V^), V^ =
+(MS_seed + MS_item - MS_res) / (S I) (never below max(MS_seed, MS_item) / (S I), which the true V never
+is either). Its degrees of freedom are Satterthwaite's for that sum, but with MS_seed at its upper 95%
+confidence limit: MS_seed has only S - 1 degrees of freedom, and plain Satterthwaite, which takes a
+small MS_seed at its word, rejected 2-5 times too often at Holm's small alphas with 2-5 seeds in our
+simulations (seed-dominated differences); with the limit it stayed at or below about its level there (`tests/test_power.py`),
+and pays for it in power where the seeds turn out not to matter. With 2 or 3 seeds the test is
+honest and weak; the MDE says how weak.
+
+Power at a true delta is computed for that test exactly as run: the mean is independent of the mean
+squares, which are scaled chi-squares, so power = E[P(|mean| > t_crit(df^) sqrt(V^))] over draws of
+the mean squares (a fixed set of draws, so it is smooth in delta). The MDE is the delta with 80% power
+at a given alpha; for a report's family of m tests the alpha is Holm's first (smallest) threshold,
+alpha / m, so a true difference of the MDE is found after Holm with at least that power. For one
+seed, V is taken as known (the seed variance from a pilot sweep) and the test as normal: a one-seed
+sweep cannot estimate the seed variance, and its item-level test leaves it out.
 """
 
 from __future__ import annotations
