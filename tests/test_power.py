@@ -70,20 +70,29 @@ def test_more_seeds_shrink_the_mde_and_more_items_cannot_replace_them():
     assert power.seeds_needed(1e-4, c, 0.05) is None  # below what the item terms allow at any seed count
 
 
-@pytest.mark.parametrize("seeds,delta_in_mde", [(3, 1.0), (3, 0.6), (5, 0.8)])
-def test_empirical_power_matches_the_prediction_over_simulated_sweeps(seeds, delta_in_mde):
-    """600 simulated sweeps per case, each tested by the report's paired comparison; the share of
-    them with p < alpha is the empirical power."""
+@pytest.mark.parametrize("seeds,delta_in_mde,pooled", [(3, 1.0, 1), (3, 0.6, 1), (5, 0.8, 1), (3, 0.7, 7)])
+def test_empirical_power_matches_the_prediction_over_simulated_sweeps(seeds, delta_in_mde, pooled):
+    """600 simulated sweeps per case, each tested by the report's paired comparison (with the seed
+    variance pooled over `pooled` configs' own runs where > 1); the share of them with p < alpha is
+    the empirical power."""
     items, alpha, sweeps = 150, 0.05 / 6, 600  # alpha: Holm's first threshold for a family of 6; sd of the rate <= 2 points
-    truth = power.Components(n_seeds=seeds, n_items=items, **PLANTED)
+    truth = power.Components(n_seeds=seeds, n_items=items, seed_pool=pooled, **PLANTED)
     delta = delta_in_mde * power.mde(truth, seeds, alpha)
     predicted = power.power(delta, truth, seeds, alpha)
     rng = np.random.default_rng(seeds * 100 + int(delta_in_mde * 10))
     hits = 0
     for k in range(sweeps):
         config, baseline = _differences(rng, delta, seeds, items, PLANTED)
-        hits += paired_difference(_table(config), _table(baseline), n_resamples=20, seed=k).p_value < alpha
+        pool = None
+        if pooled > 1:  # each config's own runs: half the differences' seed and item x seed variance
+            own = [rng.normal(0, math.sqrt(PLANTED["seed"] / 2), (seeds, 1)) + rng.normal(0, math.sqrt(PLANTED["item_seed"] / 2), (seeds, items))
+                   for _ in range(pooled)]  # fmt: skip
+            pool = power.pool_seed_variance(own)
+            assert pool.df == pooled * (seeds - 1)
+        hits += paired_difference(_table(config), _table(baseline), n_resamples=20, seed=k, seed_pool=pool).p_value < alpha
     assert abs(hits / sweeps - predicted) <= 0.05, (hits / sweeps, predicted)
+    if pooled > 1:  # what pooling buys: the same power needs a smaller difference than with one config's seeds
+        assert power.mde(truth, seeds, alpha) < power.mde(power.Components(n_seeds=seeds, n_items=items, **PLANTED), seeds, alpha)
 
 
 def _runs(rng, means: dict[str, float], seeds=(1, 2, 3), items=120, seed_sd=0.04) -> list[Run]:

@@ -47,7 +47,7 @@ from medinject.util.errors import UserError
 from medinject.util.io import write_bytes_atomic, write_text_atomic
 from medinject.report.curves import curves_report, power_law
 from medinject.report.mixture import flatness_pvalues, mixture_report, order_components, pilot_seed_variances, surface_grid
-from medinject.report.power import Components, power_entry, variance_components, verdict
+from medinject.report.power import Components, pool_seed_variance, power_entry, variance_components, verdict
 from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, paired_differences, score_matrix
 
 log = logging.getLogger(__name__)
@@ -379,15 +379,16 @@ def compute_cells(
     cells: dict[tuple[str, str], Cell] = {}
     for metric in metrics:
         tables = {c: score_table(metric, completed[c]) for c in configs if completed[c]}
+        pool = pool_seed_variance([score_matrix(t)[2] for t in tables.values()])  # seeds scatter every config alike
         for config, table in tables.items():
             _, _, matrix = score_matrix(table)
             estimate = bootstrap_ci(matrix, n_resamples=n_resamples, seed=seed)
             comparison = None
             if config != baseline and baseline in tables:
-                comparison = paired_difference(table, tables[baseline], n_resamples=n_resamples, seed=seed)
+                comparison = paired_difference(table, tables[baseline], n_resamples=n_resamples, seed=seed, seed_pool=pool)
             components = None
             if comparison is not None and comparison.n_seeds >= 2:
-                components = variance_components(paired_differences(table, tables[baseline])[0])
+                components = variance_components(paired_differences(table, tables[baseline])[0], pool)
             cells[config, metric] = Cell(estimate, comparison, components=components)
     return cells
 
@@ -942,7 +943,7 @@ def build_report(
         )
         notes.append(
             "power: with 2+ matched seeds, p comes from a t test on the seed, item and item x seed variance components of the "
-            "differences, and each Δ shows its minimum detectable effect (MDE: 80% power at Holm's smallest threshold); "
+            "differences (the seed variance pooled over the configs), and each Δ shows its minimum detectable effect (MDE: 80% power at Holm's smallest threshold); "
             "'too little power' where the CI reaches the MDE, 'no effect >= MDE' where it lies inside ±MDE; "
             "power.json has the components, the MDE for 1, 3, 5 and 10 seeds and the seeds a difference needs"
         )

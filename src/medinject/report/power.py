@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import optimize, special, stats
 
+ALPHA = 0.05  # family-wise level
 POWER = 0.8
 SEED_COUNTS = (1, 3, 5, 10)
 MAX_SEEDS = 100  # `seeds_needed` looks no further
@@ -58,6 +59,10 @@ class Components:
     item_seed: float | None
     n_seeds: int
     n_items: int
+    seed_pool: int = 1  # configs the seed mean square was pooled over: it has seed_pool x (n_seeds - 1) df
+
+    def seed_df(self, n_seeds: int | None = None) -> int:
+        return self.seed_pool * ((n_seeds or self.n_seeds) - 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,17 +86,50 @@ def _mean_squares(d: np.ndarray) -> tuple[float, float, float]:
     return ms_seed, ms_item, ms_res
 
 
-def variance_components(matrix: np.ndarray) -> Components | None:
+def variance_components(matrix: np.ndarray, seed_pool: SeedPool | None = None) -> Components | None:
     """Components of a seeds x items matrix (NaN cells drop their item); None with fewer than 2 seeds,
-    or, for a many-item metric, fewer than 2 items scored by every seed."""
+    or, for a many-item metric, fewer than 2 items scored by every seed. With `seed_pool` the seed
+    mean square is the pooled one (`pool_seed_variance`)."""
     d = _complete(matrix)
     s, i = d.shape
     if s < 2 or i < 1:
         return None
+    pool = seed_pool.configs if seed_pool else 1
     if i == 1:  # a corpus-level metric: seeds are the only replicates
-        return Components(float(np.var(d[:, 0], ddof=1)), None, None, s, 1)
+        seed = seed_pool.row_variance if seed_pool else float(np.var(d[:, 0], ddof=1))
+        return Components(seed, None, None, s, 1, pool)
     ms_seed, ms_item, ms_res = _mean_squares(d)
-    return Components(max(0.0, (ms_seed - ms_res) / i), max(0.0, (ms_item - ms_res) / s), ms_res, s, i)
+    if seed_pool:
+        ms_seed = seed_pool.row_variance * i
+    return Components(max(0.0, (ms_seed - ms_res) / i), max(0.0, (ms_item - ms_res) / s), ms_res, s, i, pool)
+
+
+@dataclass(frozen=True)
+class SeedPool:
+    """The seed mean square of a difference from the configs' own runs: the variance of a run's mean
+    score between seeds (`row_variance`, over the same items), pooled over `configs` data configs with
+    `df` degrees of freedom in all, doubled for a difference of two configs."""
+
+    row_variance: float
+    df: int
+    configs: int
+
+
+def pool_seed_variance(matrices: list[np.ndarray]) -> SeedPool | None:
+    """From each config's seeds x items matrix (2+ seeds), the pooled between-seed variance of a run's
+    mean score, doubled (the variance of a difference of two independently trained configs); None when
+    no config has 2 seeds. Seeds scatter training alike whatever the data, so pooling over the configs
+    buys the seed variance the degrees of freedom one config's 2 or 3 seeds cannot give; where two
+    configs' matched seeds move together the difference varies less, and the test is conservative."""
+    squares, df, configs = 0.0, 0, 0
+    for matrix in matrices:
+        d = _complete(matrix)
+        if d.shape[0] >= 2 and d.shape[1] >= 1:
+            rows = d.mean(axis=1)
+            squares += float(((rows - rows.mean()) ** 2).sum())
+            df += d.shape[0] - 1
+            configs += 1
+    return SeedPool(2 * squares / df, df, configs) if df else None
 
 
 def mean_variance(c: Components, n_seeds: int, n_items: int | None = None) -> float:
@@ -106,35 +144,40 @@ SEED_LIMIT = 0.05  # df are Satterthwaite's at the seed mean square's upper (1 -
 _DRAWS = 2000  # mean-square draws of the power prediction (fixed, so the prediction is smooth in delta)
 
 
-def _test_parts(ms_seed, ms_item, ms_res, n_seeds: int, n_items: int):
+def _test_parts(ms_seed, ms_item, ms_res, n_seeds: int, n_items: int, seed_df: int | None = None):
     """(V, df) of the test from its mean squares (scalars or arrays of draws): V = (MS_seed + MS_item -
     MS_res) / (S I), never below max(MS_seed, MS_item) / (S I), which the true V is never below either
     (E[MS_seed] and E[MS_item] are both >= E[MS_res]); df by Satterthwaite with MS_seed at its upper
     confidence limit (module doc)."""
     s, i = n_seeds, n_items
+    k = seed_df or s - 1
     cells = s * i
     variance = np.maximum(ms_seed + ms_item - ms_res, np.maximum(ms_seed, ms_item)) / cells
-    upper = ms_seed * (s - 1) / stats.chi2.ppf(SEED_LIMIT, s - 1)
+    upper = ms_seed * k / stats.chi2.ppf(SEED_LIMIT, k)
     numerator = np.maximum(upper + ms_item - ms_res, np.maximum(upper, ms_item))
-    spread = upper**2 / (s - 1) + ms_item**2 / (i - 1) + ms_res**2 / ((s - 1) * (i - 1))
+    spread = upper**2 / k + ms_item**2 / (i - 1) + ms_res**2 / ((s - 1) * (i - 1))
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(spread > 0, numerator**2 / np.where(spread > 0, spread, 1.0), np.inf)
     return variance, df
 
 
-def paired_t(matrix: np.ndarray) -> tuple[float, float, Components] | None:
+def paired_t(matrix: np.ndarray, seed_pool: SeedPool | None = None) -> tuple[float, float, Components] | None:
     """(mean, two-sided p-value, components) of the test of a zero mean difference (module doc) on a
     seeds x items matrix of paired differences; None with fewer than 2 seeds. For one column (a
-    corpus-level metric) it is the paired t test over seeds."""
-    c = variance_components(matrix)
+    corpus-level metric) it is the paired t test over seeds. `seed_pool`: the seed mean square pooled
+    over the report's configs (`pool_seed_variance`) instead of this matrix's own."""
+    c = variance_components(matrix, seed_pool)
     if c is None:
         return None
     d = _complete(matrix)
     mean = float(d.mean())
     if c.item is None:
-        variance, df = c.seed / c.n_seeds, float(c.n_seeds - 1)
+        variance, df = c.seed / c.n_seeds, float(seed_pool.df if seed_pool else c.n_seeds - 1)
     else:
-        variance, df = (float(v) for v in _test_parts(*_mean_squares(d), *d.shape))
+        ms_seed, ms_item, ms_res = _mean_squares(d)
+        if seed_pool:
+            ms_seed = seed_pool.row_variance * d.shape[1]
+        variance, df = (float(v) for v in _test_parts(ms_seed, ms_item, ms_res, *d.shape, seed_pool.df if seed_pool else None))
     if variance <= 0:
         return mean, (1.0 if mean == 0 else 0.0), c
     return mean, float(2 * stats.t.sf(abs(mean) / math.sqrt(variance), df)), c
@@ -147,15 +190,16 @@ def _reach(c: Components, n_seeds: int, n_items: int, alpha: float) -> tuple[np.
     if n_seeds < 2:
         return np.array([stats.norm.isf(alpha / 2) * sd]), sd
     s, i = n_seeds, n_items
+    k = c.seed_df(s)
     rng = np.random.default_rng(0)
-    seed_draws = rng.chisquare(s - 1, _DRAWS) / (s - 1)
+    seed_draws = rng.chisquare(k, _DRAWS) / k
     if c.item is None:
-        v_hat, df = c.seed * seed_draws / s, np.full(_DRAWS, s - 1.0)
+        v_hat, df = c.seed * seed_draws / s, np.full(_DRAWS, float(k))
     else:
         expected = (c.item_seed + i * c.seed, c.item_seed + s * c.item, c.item_seed)
         dof = (s - 1, i - 1, (s - 1) * (i - 1))
-        draws = [seed_draws] + [rng.chisquare(k, _DRAWS) / k for k in dof[1:]]
-        v_hat, df = _test_parts(*(e * w for e, w in zip(expected, draws)), s, i)
+        draws = [seed_draws] + [rng.chisquare(n, _DRAWS) / n for n in dof[1:]]
+        v_hat, df = _test_parts(*(e * w for e, w in zip(expected, draws)), s, i, k)
     return -special.stdtrit(df, alpha / 2) * np.sqrt(v_hat), sd  # stdtrit: t's inverse CDF (stats.t.isf, fast)
 
 

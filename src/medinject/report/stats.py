@@ -16,8 +16,8 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
   the matrix of differences) and a two-sided p-value. With two or more matched seeds the p-value is
   `power.paired_t`'s: a t test whose noise is the seed, item and item x seed variance components of
   the differences, so a seed that shifts the whole test set is noise, not an effect (for a run-level
-  metric, one column, the paired t test over seeds); the same model gives the report's minimum
-  detectable effects. Otherwise (one seed, or no seed in common) it comes from a sign-flip
+  metric, one column, the paired t test over seeds); the report pools the seed variance over its
+  configs (`seed_pool`); the same model gives the report's minimum detectable effects. Otherwise (one seed, or no seed in common) it comes from a sign-flip
   permutation test over items (`sign_flip_pvalue`): under the null hypothesis each item's
   (seed-averaged) difference is as likely to have either sign. That test cannot include seed-to-seed
   noise: it asks whether these two trained models differ on this test distribution, not whether
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medinject.report.power import paired_t
+from medinject.report.power import SeedPool, paired_t
 
 ScoreTable = Mapping[int, Mapping[Hashable, float]]
 """Scores of one config and metric: {seed: {item key: score}}; NaN or a missing key means no score."""
@@ -193,14 +193,16 @@ def paired_difference(
     n_resamples: int = 2000,
     n_permutations: int = 10000,
     seed: int = 0,
+    seed_pool: SeedPool | None = None,
 ) -> Comparison:
-    """Config minus baseline on the items both scored: mean difference, bootstrap CI, sign-flip p."""
+    """Config minus baseline on the items both scored: mean difference, bootstrap CI, p-value (module
+    doc). `seed_pool`: the between-seed variance pooled over the report's configs (`power.pool_seed_variance`)."""
     differences, n_matched = paired_differences(config, baseline)
     matrix = _as_matrix(differences)
     if matrix.size == 0:
         return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), n_matched, 0)
     estimate = bootstrap_ci(matrix, confidence, n_resamples, seed)
-    tested = paired_t(matrix) if n_matched >= 2 else None
+    tested = paired_t(matrix, seed_pool) if n_matched >= 2 else None
     if tested is not None:  # seeds matched: a test whose noise includes the seed-to-seed spread
         p_value = tested[1]
     else:
