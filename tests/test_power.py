@@ -210,11 +210,40 @@ def test_too_few_points_say_so():
     assert entry["optimum"] is None and entry["no_optimum"] == "too_few_points"
 
 
-def test_the_paired_test_keeps_its_level_when_seeds_dominate():
+def test_the_paired_test_keeps_its_level_when_seeds_dominate(monkeypatch):
     """3 seeds whose shifts dominate the differences, at a Holm-sized alpha: plain Satterthwaite
     degrees of freedom reject several times too often here; the test's must not."""
-    rng = np.random.default_rng(9)
+    from scipy.stats import chi2
+
     alpha, draws = 0.05 / 14, 4000
     planted = {"seed": 0.01, "item": 0.01, "item_seed": 0.16}
-    rejected = sum(power.paired_t(np.subtract(*_differences(rng, 0.0, 3, 120, planted)))[1] < alpha for _ in range(draws))
-    assert rejected / draws <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / draws), rejected
+    bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / draws)
+
+    def rate() -> float:
+        rng = np.random.default_rng(9)
+        return sum(power.paired_t(np.subtract(*_differences(rng, 0.0, 3, 120, planted)))[1] < alpha for _ in range(draws)) / draws
+
+    assert rate() <= bound
+    monkeypatch.setattr(power, "SEED_LIMIT", chi2.cdf(2, 2))  # the limit at MS_seed itself: plain Satterthwaite
+    assert rate() > 2.5 * alpha
+
+
+def test_the_dry_run_power_plan_uses_assumed_or_pilot_components(tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from medinject.sweep.plan import power_plan
+
+    plan = {"seed_variance": 1e-4, "item_variance": 0.05, "item_seed_variance": 0.1, "pilot": None, "tests_per_config": 30}
+    sizes = {"native": {"mcqu": 14629}}  # the study's native test set, as one task
+    assumed = power_plan(OmegaConf.create({"plan": plan}), sizes, n_configs=7, n_seeds=1)
+    assert "0.05 / 180 tests" in assumed and "native/mcqu (14,629 items)" in assumed
+    c = power.Components(1e-4, 0.05, 0.1, 2, 14629, seed_pool=7)
+    assert f"3 seeds {power.mde(c, 3, 0.05 / 180):.3f}" in assumed
+    noisy = {"seed": 0.004, "item": 0.05, "item_seed": 0.1, "n_seeds": 3, "n_items": 200, "seed_pool": 7}
+    (tmp_path / "power.json").write_text(json.dumps({"comparisons": [{"metric": "eval/native/mcqu/em", "components": noisy}]}))
+    piloted = power_plan(OmegaConf.create({"plan": {**plan, "pilot": str(tmp_path)}}), sizes, n_configs=7, n_seeds=1)
+    assert "a pilot's" in piloted
+    c = power.Components(0.004, 0.05, 0.1, 2, 14629, seed_pool=7)
+    assert f"3 seeds {power.mde(c, 3, 0.05 / 180):.3f}" in piloted and piloted != assumed
