@@ -247,3 +247,31 @@ def test_the_dry_run_power_plan_uses_assumed_or_pilot_components(tmp_path):
     assert "a pilot's" in piloted
     c = power.Components(0.004, 0.05, 0.1, 2, 14629, seed_pool=7)
     assert f"3 seeds {power.mde(c, 3, 0.05 / 180):.3f}" in piloted and piloted != assumed
+
+
+def test_a_one_seed_design_gets_its_optimum_from_a_pilot_sweep(tmp_path):
+    """The report CLI path: one seed per point states no optimum; `--pilot` (a sweep with 2 seeds per
+    config) supplies the seed variance, and the planted interior optimum is stated."""
+    import json
+
+    from test_mixture import DESIGN as POINTS, counts_of, draws, surface, write_run
+
+    from medinject.report.build import main
+
+    rng = np.random.default_rng(12)
+    items = rng.normal(0, 0.1, 150)
+    sweep, pilot = tmp_path / "sweep", tmp_path / "pilot"
+    for k, shares in enumerate(POINTS):
+        write_run(sweep / f"point-{k}", 1, counts_of(shares), draws(rng, surface(shares)[0], items, 1)[0])
+    for config, shares in (("native", (1, 0, 0)), ("synthetic", (0, 1, 0)), ("translated", (0, 0, 1))):
+        for seed in (1, 2, 3):
+            write_run(pilot / f"{config}-{seed}", seed, counts_of(shares), draws(rng, 0.4, items, 1)[0], config=config)
+    main([str(sweep), "--resamples", "200"])
+    entry = json.loads((sweep / "mixture.json").read_text())["metrics"]["eval/native/mcq/hamming"]
+    assert entry["optimum"] is None and entry["no_optimum"] == "one_seed" and entry["descriptive_best"]
+    main([str(sweep), "--resamples", "200", "--pilot", str(pilot)])
+    mixture = json.loads((sweep / "mixture.json").read_text())
+    entry = mixture["metrics"]["eval/native/mcq/hamming"]
+    assert entry["optimum"] is not None and "pilot" in entry["flatness"]["noise"] and entry["flatness"]["df"][1] == 6
+    assert np.abs(np.array([entry["optimum"][s] for s in SOURCES]) - [0.5, 0.2, 0.3]).max() < 0.1
+    assert mixture["family"]["size"] == 1  # one metric tested, no baseline comparisons
