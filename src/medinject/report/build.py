@@ -14,8 +14,9 @@ Written atomically into the sweep dir (or `--out`): `summary.csv` (one row per c
 `summary.md`, one bar chart per test set and task, a heatmap of the main metric, a judge-score vs
 answer-length scatter when the predictions carry judge verdicts, and `report.html` with every table
 and plot embedded. A run that failed or left nothing shows in every table as `failed: <error>` or
-`missing`. The p-values of all comparisons in a report are one family: each is shown with its Holm
-correction (and summary.csv has Benjamini-Hochberg's too). A report of runs of the built-in tiny
+`missing`. The p-values of all comparisons in a report (and the mixture's flatness tests) are one
+family: each is shown with its Holm correction (and summary.csv has Benjamini-Hochberg's too), and each
+comparison with its minimum detectable effect and verdict (`medinject.report.power`; `power.json`). A report of runs of the built-in tiny
 random-weight model says at its top that its numbers are a demo.
 
 When the runs form a mixture design (several compositions of the sources at one budget, read from each
