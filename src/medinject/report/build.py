@@ -49,6 +49,7 @@ from medinject.util.io import write_bytes_atomic, write_text_atomic
 from medinject.report.curves import curves_report, power_law
 from medinject.report.mixture import flatness_pvalues, mixture_report, order_components, pilot_seed_variances, surface_grid
 from medinject.report.power import Components, pool_seed_variance, power_entry, variance_components, verdict
+from medinject.report.truth import read_truth, truth_check, truth_rows
 from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, paired_differences, score_matrix
 
 log = logging.getLogger(__name__)
@@ -973,6 +974,12 @@ def build_report(
     notes += design_notes
 
     tables = build_tables(runs, configs, metrics, cells, baseline) + design_tables
+    truth = read_truth(sweep_dir)
+    if truth is not None:  # a known-answer sweep: what was planted beside what was found (report/truth.py)
+        check = truth_check(truth, cells, baseline, mixture, ALPHA)
+        write_text_atomic(out / "truth_check.json", json.dumps(check, indent=2) + "\n")
+        tables.insert(1, Table(f"Planted truth ({truth['metric']}) against what this report found", ["", "planted", "found"], truth_rows(check)))
+        notes.append(f"truth.json: planted {truth['metric']}; the comparison is in truth_check.json and the table 'Planted truth'")
     banner = DEMO_BANNER if any(r.demo for r in runs if r.status == "completed") else None
     title = f"medinject sweep report: {sweep_dir.name}"
     write_text_atomic(out / "summary.csv", summary_csv(runs, configs, metrics, cells, baseline))
