@@ -91,6 +91,13 @@ def test_the_dry_run_plans_seven_sbatch_jobs_without_a_model_and_writes_no_run(t
     assert len(peaks) == 7 and all(0 < gib <= 24 for gib in peaks)  # DoRA, 12 x 2048, checkpointing: the chunked loss
     assert "one job array (#SBATCH --array=0-6%7)" in out and "nothing was submitted" in out
     assert not sweep_dir.exists()  # no run directory, no results.json, no submitit folder
+    # what the comparisons can detect, per test set and task, for 1, 3, 5 and 10 seeds (power.py)
+    assert "80% power at Holm's smallest alpha (0.05 / 180 tests" in out
+    power = [line for line in out.splitlines() if line.startswith("  native/") or line.startswith("  translated/")]
+    assert len(power) == 6  # two test sets x three tasks
+    for line in power:
+        mdes = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", ")]
+        assert "1 seed (this sweep)" in line and len(mdes) == 4 and mdes[1] > mdes[2] > mdes[3] > 0
 
 
 def test_a_dry_run_reports_every_job_that_cannot_run_and_fails(tmp_path):

@@ -123,13 +123,19 @@ def test_missing_scores_are_left_out_not_counted_as_zero():
 
 
 def test_run_level_metric_pairs_seeds():
-    """A corpus-level metric has one value per seed: the seeds are the units of the sign flip."""
-    config = {s: {"run": 0.5 + 0.01 * s} for s in range(1, 6)}
+    """A corpus-level metric has one value per seed: the seeds are the units of a paired t test."""
+    from scipy.stats import ttest_rel
+
+    noise = np.array([0.02, -0.01, 0.03, 0.0, -0.02])
+    config = {s: {"run": 0.5 + 0.01 * s + noise[s - 1]} for s in range(1, 6)}
     baseline = {s: {"run": 0.2 + 0.01 * s} for s in range(1, 6)}
     result = paired_difference(config, baseline)
-    assert result.diff == pytest.approx(0.3)
-    assert result.p_value == pytest.approx(2 / 32)
+    assert result.diff == pytest.approx(0.3 + noise.mean())
+    expected = ttest_rel([config[s]["run"] for s in range(1, 6)], [baseline[s]["run"] for s in range(1, 6)]).pvalue
+    assert result.p_value == pytest.approx(expected)
     assert (result.n_seeds, result.n_items) == (5, 1)
+    one_seed = paired_difference({1: config[1]}, {1: baseline[1]})  # nothing to test with: a single sign flip
+    assert one_seed.p_value == 1.0
 
 
 def test_results_are_deterministic_for_a_seed():

@@ -310,6 +310,14 @@ class PlanConfig:
 
     tokens_per_second: float = 2500.0  # training tokens per second per GPU; set it from a measured run
     chars_per_token: float = 3.5  # when the tokenizer is not on disk: French medical text, Qwen3 BPE (approximate)
+    # Power of the comparisons (medinject.report.power): the variance components of a config's per-item
+    # score differences from the baseline, assumed for a 0/1 score (between seeds: sd 0.01; an item's own
+    # difference; the rest), unless `pilot` names a swept dir whose report wrote power.json
+    seed_variance: float = 1e-4
+    item_variance: float = 0.05
+    item_seed_variance: float = 0.1
+    pilot: Optional[str] = None
+    tests_per_config: int = 30  # metrics compared per config: the report's family is (configs - 1) x this
 
 
 @dataclass

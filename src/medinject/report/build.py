@@ -14,8 +14,9 @@ Written atomically into the sweep dir (or `--out`): `summary.csv` (one row per c
 `summary.md`, one bar chart per test set and task, a heatmap of the main metric, a judge-score vs
 answer-length scatter when the predictions carry judge verdicts, and `report.html` with every table
 and plot embedded. A run that failed or left nothing shows in every table as `failed: <error>` or
-`missing`. The p-values of all comparisons in a report are one family: each is shown with its Holm
-correction (and summary.csv has Benjamini-Hochberg's too). A report of runs of the built-in tiny
+`missing`. The p-values of all comparisons in a report (and the mixture's flatness tests) are one
+family: each is shown with its Holm correction (and summary.csv has Benjamini-Hochberg's too), and each
+comparison with its minimum detectable effect and verdict (`medinject.report.power`; `power.json`). A report of runs of the built-in tiny
 random-weight model says at its top that its numbers are a demo.
 
 When the runs form a mixture design (several compositions of the sources at one budget, read from each
@@ -46,8 +47,10 @@ import numpy as np
 from medinject.util.errors import UserError
 from medinject.util.io import write_bytes_atomic, write_text_atomic
 from medinject.report.curves import curves_report, power_law
-from medinject.report.mixture import mixture_report, order_components, surface_grid
-from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, score_matrix
+from medinject.report.mixture import flatness_pvalues, mixture_report, order_components, pilot_seed_variances, surface_grid
+from medinject.report.power import Components, pool_seed_variance, power_entry, variance_components, verdict
+from medinject.report.truth import read_truth, truth_check, truth_rows
+from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, paired_differences, score_matrix
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,9 @@ DEMO_BANNER = (
 )
 CSV_FIELDS = [
     "config", "status", "seeds", "metric", "mean", "ci_low", "ci_high", "n_seeds", "n_items",
-    "baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm", "p_bh", "matched_seeds",
+    "baseline", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm", "p_bh", "matched_seeds", "mde", "power_verdict",
 ]  # fmt: skip
+ALPHA = 0.05  # the family-wise level a comparison or an optimum is called significant at
 
 
 @dataclass
@@ -102,6 +106,8 @@ class Cell:
     comparison: Comparison | None  # None for the baseline itself, or when the baseline has no run
     p_holm: float | None = None  # the comparison's p-value corrected over every comparison of the report
     p_bh: float | None = None
+    components: Components | None = None  # variance components of the paired differences (2+ matched seeds)
+    power: dict | None = None  # medinject.report.power.power_entry, with its verdict
 
 
 @dataclass
@@ -375,24 +381,51 @@ def compute_cells(
     cells: dict[tuple[str, str], Cell] = {}
     for metric in metrics:
         tables = {c: score_table(metric, completed[c]) for c in configs if completed[c]}
+        pool = pool_seed_variance([score_matrix(t)[2] for t in tables.values()])  # seeds scatter every config alike
         for config, table in tables.items():
             _, _, matrix = score_matrix(table)
             estimate = bootstrap_ci(matrix, n_resamples=n_resamples, seed=seed)
             comparison = None
             if config != baseline and baseline in tables:
-                comparison = paired_difference(table, tables[baseline], n_resamples=n_resamples, seed=seed)
-            cells[config, metric] = Cell(estimate, comparison)
+                comparison = paired_difference(table, tables[baseline], n_resamples=n_resamples, seed=seed, seed_pool=pool)
+            components = None
+            if comparison is not None and comparison.n_seeds >= 2:
+                components = variance_components(paired_differences(table, tables[baseline])[0], pool)
+            cells[config, metric] = Cell(estimate, comparison, components=components)
     return cells
 
 
-def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell]) -> int:
-    """Holm and Benjamini-Hochberg p-values over the family of every comparison in the report (each
-    config against the baseline, on every metric and test set); returns the family's size."""
+def report_statistics(
+    runs: list[Run], configs: list[str], metrics: list[str], baseline: str | None, n_resamples: int, seed: int,
+    seed_variances: dict | None = None, effect: float | None = None, with_power: bool = True,
+) -> tuple[dict[tuple[str, str], Cell], dict | None, int]:
+    """Every test of a report as one family: (cells with their Holm p and power, the mixture report
+    with its optima settled over the same family, the family's size). `with_power=False` leaves the
+    power entries out (they decide nothing that is significant)."""
+    cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
+    completed = [r for r in runs if r.status == "completed"]
+    mixture = mixture_report(completed, metrics, score_table, n_resamples, seed, comparison_pvalues(cells), seed_variances, ALPHA)
+    return cells, mixture, adjust_for_multiplicity(cells, flatness_pvalues(mixture), effect, with_power)
+
+
+def comparison_pvalues(cells: dict[tuple[str, str], Cell]) -> list[float]:
+    return [cell.comparison.p_value for cell in cells.values() if cell.comparison is not None and math.isfinite(cell.comparison.p_value)]
+
+
+def adjust_for_multiplicity(cells: dict[tuple[str, str], Cell], extra: list[float] = (), effect: float | None = None, with_power: bool = True) -> int:
+    """Holm and Benjamini-Hochberg p-values over the family of every test in the report (each config
+    against the baseline, on every metric and test set, and `extra`: the mixture's flatness tests);
+    then each comparison's power at that family's Holm level (MDE, seeds needed for `effect`, default
+    its own difference) and verdict. Returns the family's size."""
     compared = [cell for cell in cells.values() if cell.comparison is not None and math.isfinite(cell.comparison.p_value)]
-    raw = [cell.comparison.p_value for cell in compared]
+    raw = [cell.comparison.p_value for cell in compared] + list(extra)
     for cell, holm, bh in zip(compared, adjust_pvalues(raw, "holm"), adjust_pvalues(raw, "bh")):
         cell.p_holm, cell.p_bh = float(holm), float(bh)
-    return len(compared)
+    for cell in compared if with_power else ():
+        c = cell.comparison
+        cell.power = power_entry(cell.components, ALPHA, len(raw), effect if effect is not None else c.diff)
+        cell.power["verdict"] = verdict(c.low, c.high, cell.p_holm, cell.power.get("mde"), ALPHA)
+    return len(raw)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -446,7 +479,7 @@ def build_tables(runs: list[Run], configs: list[str], metrics: list[str], cells:
                 cell = cells.get((config, name))
                 row.append(_estimate_text(cell.estimate) if cell else "—")
                 if baseline:
-                    row.append(_comparison_text(cell.comparison, cell.p_holm) if cell and cell.comparison else "—")
+                    row.append(_comparison_text(cell.comparison, cell.p_holm, cell.power) if cell and cell.comparison else "—")
             rows.append(row)
         tables.append(Table(f"{test_set} / {task}", header, rows))
     return tables
@@ -460,10 +493,13 @@ def _estimate_text(e: Estimate) -> str:
     return f"{_num(e.mean)} [{_num(e.low)}, {_num(e.high)}]"
 
 
-def _comparison_text(c: Comparison, p_holm: float | None = None) -> str:
+def _comparison_text(c: Comparison, p_holm: float | None = None, power: dict | None = None) -> str:
     sign = "+" if c.diff > 0 else ""
     holm = f" (Holm {_p(p_holm)})" if p_holm is not None else ""
-    return f"{sign}{_num(c.diff)} [{_num(c.low)}, {_num(c.high)}] p={_p(c.p_value)}{holm}"
+    said = ""
+    if power:
+        said = f"; {power['verdict']}" + (f", MDE {_num(power['mde'])}" if power.get("mde") is not None else ", 1 seed: MDE unknown")
+    return f"{sign}{_num(c.diff)} [{_num(c.low)}, {_num(c.high)}] p={_p(c.p_value)}{holm}{said}"
 
 
 def _csv_num(x: float) -> str:
@@ -503,6 +539,8 @@ def summary_csv(runs: list[Run], configs: list[str], metrics: list[str], cells: 
                     "p_holm": _csv_num(cell.p_holm) if cell.p_holm is not None else "",
                     "p_bh": _csv_num(cell.p_bh) if cell.p_bh is not None else "",
                     "matched_seeds": c.n_seeds if c else "",
+                    "mde": _csv_num(cell.power["mde"]) if cell.power and cell.power.get("mde") is not None else "",
+                    "power_verdict": cell.power["verdict"] if cell.power else "",
                 }
             )
     return buffer.getvalue()
@@ -683,7 +721,9 @@ def mixture_table(mixture: dict) -> Table:
     rows = []
     for name, entry in mixture["metrics"].items():
         if entry.get("optimum") is None:
-            rows.append([name, entry["model"], "—", "—", f"no optimum: {entry.get('reason', '')}", "—", "—", "—"])
+            best = entry.get("descriptive_best")
+            said = f"; descriptive best {_shares_text(best['shares'])} ({_num(best['predicted'])})" if best else ""
+            rows.append([name, entry["model"], "—", "—", f"no optimum: {entry.get('reason', '')}{said}", "—", "—", "—"])
             continue
         fit = entry["fit"]
         region = entry.get("optimum_region")
@@ -813,14 +853,15 @@ def _main_names(entries: dict, main: str | None, test_sets: list[str]) -> list[s
     return [name for name in (f"eval/{t}/{main}" for t in test_sets) if main and name in entries]
 
 
-def design_outputs(out: Path, runs: list[Run], metrics: list[str], main: str | None, test_sets: list[str], n_resamples: int, seed: int):
-    """`mixture.json` and `exchange_rates.json` when the runs form a mixture design or learning curves,
-    with their tables and plots; returns (tables, plots, notes)."""
+def design_outputs(
+    out: Path, runs: list[Run], metrics: list[str], main: str | None, test_sets: list[str], n_resamples: int, seed: int, mixture: dict | None = None
+):
+    """`mixture.json` (`mixture`: the `mixture_report` already computed) and `exchange_rates.json` when
+    the runs form a mixture design or learning curves, with their tables and plots; returns (tables, plots, notes)."""
     tables: list[Table] = []
     plots: list[Path] = []
     notes: list[str] = []
     completed = [r for r in runs if r.status == "completed"]
-    mixture = mixture_report(completed, metrics, score_table, n_resamples, seed)
     if mixture is not None:
         write_text_atomic(out / "mixture.json", json.dumps(mixture, indent=2) + "\n")
         log.info("report: mixture design of %d points -> %s", len(mixture["design"]), out / "mixture.json")
@@ -855,10 +896,14 @@ def build_report(
     n_resamples: int = 2000,
     seed: int = 0,
     strict_baseline: bool = True,
+    pilot: Path | str | None = None,
+    effect: float | None = None,
 ) -> Path:
     """Write the sweep's summary tables, plots and `report.html`; return the path of `report.html`.
     `baseline=None` leaves the comparison columns out (e.g. a sweep of one config over seeds);
-    `strict_baseline=False` drops a baseline the sweep has no run of, instead of refusing it."""
+    `strict_baseline=False` drops a baseline the sweep has no run of, instead of refusing it. `pilot`: a
+    pilot sweep whose seed-to-seed variance lets a one-seed mixture design be tested; `effect`: the
+    difference whose needed seeds `power.json` states (default: each comparison's own)."""
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a directory")
@@ -876,8 +921,9 @@ def build_report(
     log.info("report: %d runs of %d configs (%s)", len(runs), len(configs), ", ".join(f"{n} {s}" for s, n in counts.items()))
     metrics = metric_names(runs)
     log.info("report: %d metrics; bootstrap with %d replicates", len(metrics), n_resamples)
-    cells = compute_cells(runs, configs, metrics, baseline, n_resamples, seed)
-    n_compared = adjust_for_multiplicity(cells)
+    variances = pilot_seed_variances(load_runs(Path(pilot)), metrics) if pilot else None
+    cells, mixture, n_compared = report_statistics(runs, configs, metrics, baseline, n_resamples, seed, variances, effect)
+    write_text_atomic(out / "power.json", json.dumps(power_json(cells, n_compared), indent=2) + "\n")
 
     notes = [
         f"sweep: {sweep_dir}",
@@ -893,9 +939,15 @@ def build_report(
             "two-sided sign-flip permutation p-value (unit: item; seed for corpus-level metrics)"
         )
         notes.append(
-            f"multiplicity: the {n_compared} comparisons of this report (every config against {baseline} on every metric and "
-            "test set) are one family; beside each raw p the table shows Holm's step-down corrected p (family-wise error), "
+            f"multiplicity: the {n_compared} tests of this report (every config against {baseline} on every metric and "
+            "test set, and the mixture's flatness tests) are one family; beside each raw p the table shows Holm's step-down corrected p (family-wise error), "
             "and summary.csv also has Benjamini-Hochberg's (p_bh, false discovery rate). Read the corrected one."
+        )
+        notes.append(
+            "power: with 2+ matched seeds, p comes from a t test on the seed, item and item x seed variance components of the "
+            "differences (the seed variance pooled over the configs), and each Δ shows its minimum detectable effect (MDE: 80% power at Holm's smallest threshold); "
+            "'too little power' where the CI reaches the MDE, 'no effect >= MDE' where it lies inside ±MDE; "
+            "power.json has the components, the MDE for 1, 3, 5 and 10 seeds and the seeds a difference needs"
         )
     if baseline and not any(r.config == baseline and r.status == "completed" for r in runs):
         notes.append(f"no comparison: the baseline {baseline} has no completed run")
@@ -917,11 +969,17 @@ def build_report(
     if not metrics:
         notes.append("no evaluation metric: no run completed")
 
-    design_tables, design_plots, design_notes = design_outputs(out, runs, metrics, main, test_sets, n_resamples, seed)
+    design_tables, design_plots, design_notes = design_outputs(out, runs, metrics, main, test_sets, n_resamples, seed, mixture)
     plots += design_plots
     notes += design_notes
 
     tables = build_tables(runs, configs, metrics, cells, baseline) + design_tables
+    truth = read_truth(sweep_dir)
+    if truth is not None:  # a known-answer sweep: what was planted beside what was found (report/truth.py)
+        check = truth_check(truth, cells, baseline, mixture, ALPHA)
+        write_text_atomic(out / "truth_check.json", json.dumps(check, indent=2) + "\n")
+        tables.insert(1, Table(f"Planted truth ({truth['metric']}) against what this report found", ["", "planted", "found"], truth_rows(check)))
+        notes.append(f"truth.json: planted {truth['metric']}; the comparison is in truth_check.json and the table 'Planted truth'")
     banner = DEMO_BANNER if any(r.demo for r in runs if r.status == "completed") else None
     title = f"medinject sweep report: {sweep_dir.name}"
     write_text_atomic(out / "summary.csv", summary_csv(runs, configs, metrics, cells, baseline))
@@ -930,6 +988,16 @@ def build_report(
     write_text_atomic(page, report_html(title, notes, tables, plots, banner))
     log.info("report: wrote %s, %s and %s", out / "summary.csv", out / "summary.md", page)
     return page
+
+
+def power_json(cells: dict[tuple[str, str], Cell], family_size: int) -> dict:
+    """`power.json`: per compared config and metric, the variance components, MDEs and verdict."""
+    comparisons = [
+        {"config": config, "metric": metric, "diff": cell.comparison.diff, "ci": [cell.comparison.low, cell.comparison.high],
+         "p_holm": cell.p_holm, **cell.power}
+        for (config, metric), cell in cells.items() if cell.power is not None
+    ]  # fmt: skip
+    return {"family_size": family_size, "alpha": ALPHA, "method": "medinject.report.power", "comparisons": comparisons}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -943,11 +1011,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the sweep dir)")
     parser.add_argument("--main-metric", default=None, help=f"<task>/<metric> of the heatmap (default: first found of {', '.join(MAIN_METRICS)})")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap replicates (default: 2000)")
+    parser.add_argument("--pilot", type=Path, default=None, help="a pilot sweep (2+ seeds per config): its seed variance lets a one-seed mixture design be tested")
+    parser.add_argument("--effect", type=float, default=None, help="the difference whose needed seeds power.json states (default: each comparison's own)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         baseline = args.baseline or "native"
-        page = build_report(args.sweep_dir, baseline, args.out, args.main_metric, args.resamples, strict_baseline=args.baseline is not None)
+        page = build_report(
+            args.sweep_dir, baseline, args.out, args.main_metric, args.resamples, strict_baseline=args.baseline is not None, pilot=args.pilot, effect=args.effect
+        )
     except UserError as err:
         print(f"medinject: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -35,16 +35,19 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
-from medinject.report.stats import ScoreTable, bootstrap_point_means, score_matrix
+from medinject.report.stats import ScoreTable, adjust_pvalues, bootstrap_point_means, score_matrix
 
 ORDER = ("native", "synthetic", "translated")  # the study's sources first, any other after, by name
 NOT_SCORES = ("answer_words_mean", "answer_words_median")  # describe answers; nothing to maximise
 CONFIDENCE = 0.95
+ALPHA = 0.05  # family-wise level of the flatness tests (Holm over the report's family)
 FINE = 100  # lattice steps per unit share for the optimum search
 COARSE = 20  # lattice steps per unit share for the confidence region and the next points
 NEAR_RUN = 0.1  # a suggested point is at least this far (largest share difference) from every run
@@ -159,10 +162,19 @@ def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit_mixture(
-    components: list[str], shares: np.ndarray, matrices: list[np.ndarray], n_resamples: int = 2000, seed: int = 0
+    components: list[str],
+    shares: np.ndarray,
+    matrices: list[np.ndarray],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    seed_variance: tuple[float, float] | None = None,
+    alpha: float = ALPHA,
+    settle: bool = True,
 ) -> dict:
     """The fitted mixture model of one metric: `shares` (points x components) and, per point, its seeds
-    x items score matrix (columns aligned across points). Returns the `mixture.json` entry."""
+    x items score matrix (columns aligned across points). Returns the `mixture.json` entry, its optimum
+    settled by its own flatness test (a family of one); `settle=False` leaves that to the caller
+    (`settle_optimum` with the family's Holm p), the candidate optimum in place."""
     shares = np.asarray(shares, dtype=float)
     means = np.array([np.nanmean(m) if np.isfinite(m).any() else np.nan for m in matrices])
     keep = np.isfinite(means)
@@ -183,9 +195,10 @@ def fit_mixture(
         "points": points,
     }
     if len(means) < k or np.linalg.matrix_rank(x) < len(terms):
-        return {**entry, "optimum": None, "reason": f"{len(means)} design points with scores cannot determine the {len(terms)} coefficients"}
+        reason = f"too few points: {len(means)} design points with scores cannot determine the {len(terms)} coefficients"
+        return {**entry, "optimum": None, "no_optimum": "too_few_points", "reason": reason}
     if np.ptp(means) == 0:
-        return {**entry, "optimum": None, "reason": f"flat: every design point scored {means[0]:.6g}; no mixture is better than another"}
+        return {**entry, "optimum": None, "no_optimum": "flat", "reason": f"flat: every design point scored {means[0]:.6g}; no mixture is better than another"}
 
     coef, *_ = np.linalg.lstsq(x, means, rcond=None)
     entry["coefficients"] = dict(zip(terms, map(float, coef)))
@@ -199,9 +212,10 @@ def fit_mixture(
     entry["predicted"] = float(surface[best] @ coef)
 
     single = all(np.atleast_2d(m).shape[0] == 1 for m in matrices)
-    if single and all(np.atleast_2d(m).shape[1] == 1 for m in matrices):
-        return {**entry, "ci": None, "optimum_region": None, "next_points": _next_points(components, shares, fine[best], None, None),
-                "uncertainty": "none: one number per point (a corpus-level metric and one seed); run seeds to get intervals"}
+    entry["flatness"] = flatness_test(shares, matrices, quadratic, seed_variance)
+    if entry["flatness"]["p_value"] is None or entry["flatness"]["p_value"] >= alpha:  # Holm's p is never smaller
+        entry = {**entry, "ci": None, "optimum_region": None, "next_points": []}
+        return settle_optimum(entry, entry["flatness"]["p_value"], alpha, family_size=1) if settle else entry
     replicates = bootstrap_point_means(matrices, n_resamples, seed)
     replicates = replicates[np.isfinite(replicates).all(axis=1)]
     coefs = replicates @ np.linalg.pinv(x).T  # least squares refitted to every replicate
@@ -226,9 +240,71 @@ def fit_mixture(
     entry["uncertainty"] = (
         f"two-level bootstrap, {len(coefs)} replicates: test items drawn once per replicate and shared by all points, "
         "seeds drawn within each point; the model refitted to each"
-        + ("; one seed per point, so the intervals leave out seed-to-seed noise (add seed=1,2,3)" if single else "")
+        + ("; one seed per point, so the intervals leave out seed-to-seed noise (the test used the pilot's seed variance)" if single else "")
     )
-    return entry
+    return settle_optimum(entry, entry["flatness"]["p_value"], alpha, family_size=1) if settle else entry
+
+
+def flatness_test(shares: np.ndarray, matrices: list[np.ndarray], quadratic: bool, seed_variance: tuple[float, float] | None = None) -> dict:
+    """F test that every non-constant term of the Scheffé model is zero (the surface is flat), fitted to
+    the runs' mean scores (one per seed and point), so that its noise is the seed-to-seed spread of a
+    run's score (item x seed noise included; the items are the same for every point, so a hard item
+    moves every point alike and cancels). The noise variance is the full model's residual mean square
+    when some point has 2 or more seeds; with one seed per point it is a pilot sweep's `seed_variance`
+    (variance of one run's score between seeds, and its degrees of freedom; inf: taken as known), and
+    without one there is no test (`p_value` None, `why` says so)."""
+    rows, means = [], []
+    for point, matrix in zip(shares, matrices):
+        for run in np.atleast_2d(np.asarray(matrix, dtype=float)):
+            if np.isfinite(run).any():
+                rows.append(point)
+                means.append(float(np.nanmean(run)))
+    y = np.array(means)
+    x = scheffe_matrix(np.array(rows), quadratic)
+    n, rank = len(y), int(np.linalg.matrix_rank(x))
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    rss_full = float(np.sum((y - x @ coef) ** 2))
+    rss_flat = float(np.sum((y - y.mean()) ** 2))
+    q = rank - 1  # the constant is the model's only term under "flat" (the shares sum to 1)
+    test: dict = {"test": "F test of the non-constant Scheffé terms on the runs' mean scores", "n_runs": n, "df": None, "F": None, "p_value": None}
+    replicated = n > len({tuple(r) for r in rows})
+    if q < 1:
+        return {**test, "why": "too_few_points", "reason": f"too few points: {len(shares)} compositions leave no non-constant term to test"}
+    if replicated:
+        if n - rank < 1:
+            return {**test, "why": "too_few_points", "reason": f"too few points: {n} runs for {rank} coefficients leave no residual to estimate the noise"}
+        noise, df2, source = rss_full / (n - rank), float(n - rank), "the residual mean square of this sweep's runs (seeds included)"
+    elif seed_variance is not None:
+        noise, df2 = float(seed_variance[0]), float(seed_variance[1])
+        source = f"a pilot sweep's seed variance {noise:.4g} ({df2:g} df)"
+    else:
+        return {**test, "why": "one_seed", "reason": "one seed per point: seed-to-seed noise cannot be estimated (run seed=1,2 or more, or give --pilot)"}
+    if noise <= 0:
+        f_value = math.inf if rss_flat - rss_full > 0 else 0.0
+    else:
+        f_value = (rss_flat - rss_full) / q / noise
+    p_value = float(stats.chi2.sf(q * f_value, q) if math.isinf(df2) else stats.f.sf(f_value, q, df2))
+    return {**test, "F": float(f_value), "df": [q, df2], "p_value": p_value, "noise": source}
+
+
+def settle_optimum(entry: dict, p_holm: float | None, alpha: float = ALPHA, family_size: int = 1) -> dict:
+    """State the optimum only where the flatness test rejects at the family's Holm-corrected level;
+    otherwise move the surface's best point to `descriptive_best` and say why there is no optimum."""
+    flatness = entry.get("flatness") or {}
+    if flatness.get("p_value") is not None:
+        entry["flatness"] = {**flatness, "p_holm": p_holm, "alpha": alpha, "family_size": family_size}
+    if p_holm is not None and p_holm < alpha:
+        return entry
+    best = {"shares": entry.pop("optimum"), "predicted": entry.pop("predicted")}
+    for key in ("ci", "optimum_region", "next_points"):
+        entry.pop(key, None)
+    if flatness.get("p_value") is None:
+        why, reason = flatness.get("why", "too_few_points"), flatness.get("reason", "no test")
+    else:
+        why = "flat"
+        reason = f"flat: the surface is not distinguishable from flat (F {flatness['F']:.3g}, Holm p {p_holm:.3g} over {family_size} tests, alpha {alpha:g})"
+    note = "the fitted surface's best point: descriptive only, not an optimum (" + reason + ")"
+    return {**entry, "optimum": None, "no_optimum": why, "reason": reason, "descriptive_best": {**best, "note": note}}
 
 
 def _argmax_rows(coefs: np.ndarray, surface: np.ndarray, chunk: int = 500) -> np.ndarray:
@@ -258,10 +334,21 @@ def _next_points(components, run_shares, optimum, region, spread, most: int = 3)
 
 
 def mixture_report(
-    runs: Sequence, metrics: list[str], score_table: Callable[[str, list], ScoreTable], n_resamples: int = 2000, seed: int = 0
+    runs: Sequence,
+    metrics: list[str],
+    score_table: Callable[[str, list], ScoreTable],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    family: Sequence[float] = (),
+    seed_variances: dict[str, tuple[float, float]] | None = None,
+    alpha: float = ALPHA,
 ) -> dict | None:
     """`mixture.json` for the runs' mixture design, or None when they form none. `score_table(metric,
-    runs)` gives {seed: {item: score}} of runs that trained on one composition."""
+    runs)` gives {seed: {item: score}} of runs that trained on one composition. The flatness tests of
+    every metric are one family with the report's other tests (`family`: their raw p-values): an
+    optimum is stated where the Holm-corrected p over that whole family is below `alpha`.
+    `seed_variances`: per metric, a pilot sweep's (variance, df) of a run's score between seeds
+    (`pilot_seed_variances`), used where every point has one seed."""
     design = find_design(runs)
     if design is None:
         return None
@@ -285,8 +372,53 @@ def mixture_report(
         tables = [score_table(metric, p.runs) for p in points]
         items: list[Hashable] = list(dict.fromkeys(key for t in tables for s in sorted(t) for key in t[s]))
         matrices = [score_matrix(t, items)[2] if t else np.full((1, max(1, len(items))), np.nan) for t in tables]
-        result["metrics"][metric] = fit_mixture(components, shares, matrices, n_resamples, seed)
+        pilot = (seed_variances or {}).get(metric)
+        result["metrics"][metric] = fit_mixture(components, shares, matrices, n_resamples, seed, pilot, alpha, settle=False)
+    tested = [m for m, e in result["metrics"].items() if (e.get("flatness") or {}).get("p_value") is not None]
+    raw = [*family, *(result["metrics"][m]["flatness"]["p_value"] for m in tested)]
+    holm = dict(zip(tested, adjust_pvalues(raw, "holm")[len(family) :])) if raw else {}
+    size = int(np.isfinite(np.asarray(raw, dtype=float)).sum())
+    for metric, entry in result["metrics"].items():
+        if "optimum" in entry and entry.get("coefficients") is not None:
+            result["metrics"][metric] = settle_optimum(entry, float(holm[metric]) if metric in holm else None, alpha, size)
+    result["family"] = {
+        "size": size,
+        "alpha": alpha,
+        "what": "the flatness test of every metric here"
+        + (f" and the report's {len(family)} comparisons with the baseline" if family else "")
+        + ", Holm-corrected together: an optimum is stated only where the surface is distinguishable from flat",
+    }
     return result
+
+
+def flatness_pvalues(mixture: dict | None) -> list[float]:
+    """The raw flatness p-values of a `mixture_report` (for the report's family of tests)."""
+    if not mixture:
+        return []
+    return [e["flatness"]["p_value"] for e in mixture["metrics"].values() if (e.get("flatness") or {}).get("p_value") is not None]
+
+
+def pilot_seed_variances(runs: Sequence, metrics: list[str]) -> dict[str, tuple[float, float]]:
+    """Per metric, the pooled variance of a run's score between seeds of one composition (and its
+    degrees of freedom) over a pilot sweep's completed runs (`run.metrics`, `run.composition`);
+    metrics with no composition run twice are left out."""
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        if run.status == "completed":
+            key = tuple(sorted(composition_shares(run.composition).items())) if run.composition else (run.config,)
+            groups.setdefault(key, []).append(run)
+    out: dict[str, tuple[float, float]] = {}
+    for metric in metrics:
+        squares, df = 0.0, 0
+        for group in groups.values():
+            values = np.array([r.metrics[metric] for r in group if metric in r.metrics], dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size >= 2:
+                squares += float(((values - values.mean()) ** 2).sum())
+                df += values.size - 1
+        if df:
+            out[metric] = (squares / df, float(df))
+    return out
 
 
 def surface_grid(entry: dict, components: list[str], steps: int = 60) -> tuple[np.ndarray, np.ndarray] | None:

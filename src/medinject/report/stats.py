@@ -13,12 +13,15 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
 * `paired_difference`: a config against a baseline on the same items. Cells are matched by item key
   and by seed where both configs have that seed; with no seed in common, each item's score is first
   averaged over each config's seeds. Reported: difference of means, its CI (the same bootstrap on
-  the matrix of differences) and a two-sided p-value from a sign-flip permutation test
-  (`sign_flip_pvalue`): under the null hypothesis the two configs are exchangeable on every item, so
-  each item's difference (averaged over the matched seeds) is as likely to have either sign. The
-  flipping unit is the item; for a run-level metric (one column) it is the seed. The item-level test
-  asks whether these trained models differ on this test distribution; the CI also carries the
-  seed-to-seed spread, so with few seeds a small p can come with a CI that still spans 0 (read both).
+  the matrix of differences) and a two-sided p-value. With two or more matched seeds the p-value is
+  `power.paired_t`'s: a t test whose noise is the seed, item and item x seed variance components of
+  the differences, so a seed that shifts the whole test set is noise, not an effect (for a run-level
+  metric, one column, the paired t test over seeds); the report pools the seed variance over its
+  configs (`seed_pool`); the same model gives the report's minimum detectable effects. Otherwise (one seed, or no seed in common) it comes from a sign-flip
+  permutation test over items (`sign_flip_pvalue`): under the null hypothesis each item's
+  (seed-averaged) difference is as likely to have either sign. That test cannot include seed-to-seed
+  noise: it asks whether these two trained models differ on this test distribution, not whether
+  their data configs do.
 
 * `bootstrap_point_means`: the same two-level bootstrap for several design points at once (the runs of a
   mixture design or of a learning curve), so that a model fitted to the points can be refitted per
@@ -41,6 +44,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from medinject.report.power import SeedPool, paired_t
 
 ScoreTable = Mapping[int, Mapping[Hashable, float]]
 """Scores of one config and metric: {seed: {item key: score}}; NaN or a missing key means no score."""
@@ -188,15 +193,21 @@ def paired_difference(
     n_resamples: int = 2000,
     n_permutations: int = 10000,
     seed: int = 0,
+    seed_pool: SeedPool | None = None,
 ) -> Comparison:
-    """Config minus baseline on the items both scored: mean difference, bootstrap CI, sign-flip p."""
+    """Config minus baseline on the items both scored: mean difference, bootstrap CI, p-value (module
+    doc). `seed_pool`: the between-seed variance pooled over the report's configs (`power.pool_seed_variance`)."""
     differences, n_matched = paired_differences(config, baseline)
     matrix = _as_matrix(differences)
     if matrix.size == 0:
         return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), n_matched, 0)
     estimate = bootstrap_ci(matrix, confidence, n_resamples, seed)
-    units = np.nanmean(matrix, axis=0) if matrix.shape[1] > 1 else matrix[:, 0]
-    p_value = sign_flip_pvalue(units, n_permutations, seed)
+    tested = paired_t(matrix, seed_pool) if n_matched >= 2 else None
+    if tested is not None:  # seeds matched: a test whose noise includes the seed-to-seed spread
+        p_value = tested[1]
+    else:
+        units = np.nanmean(matrix, axis=0) if matrix.shape[1] > 1 else matrix[:, 0]
+        p_value = sign_flip_pvalue(units, n_permutations, seed)
     return Comparison(estimate.mean, estimate.low, estimate.high, p_value, n_matched, matrix.shape[1])
 
 

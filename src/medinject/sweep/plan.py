@@ -19,7 +19,7 @@ cannot be prepared is reported with its error and the dry run exits non-zero aft
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,6 +40,7 @@ class JobPlan:
     gpu_hours: float
     memory: str
     sbatch: str | None
+    test_items: dict[str, dict[str, int]] | None = None  # per test set, items per task type
 
 
 def plan_job(cfg: DictConfig) -> JobPlan:
@@ -99,7 +100,63 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         gpu_hours=gpu_hours,
         memory=memory,
         sbatch=sbatch_script(cfg),
+        test_items={name: _per_type(rows) for name, rows in sorted(prepared.test_rows.items())},
     )
+
+
+def _per_type(rows) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for row in rows:
+        found[row.type] = found.get(row.type, 0) + 1
+    return dict(sorted(found.items()))
+
+
+def power_plan(cfg: DictConfig, test_items: dict[str, dict[str, int]], n_configs: int, n_seeds: int = 1) -> str:
+    """What the sweep's comparisons can detect: per test set and task, the minimum detectable
+    difference from the baseline (80% power at Holm's smallest threshold over the report's family)
+    for 1, 3, 5 and 10 seeds, and the seeds the sweep runs, with the assumed variance components of
+    `plan` or a pilot sweep's (`plan.pilot`: the mean components of its power.json per task)."""
+    from medinject.report.power import ALPHA, SEED_COUNTS, Components, mde
+
+    p = cfg.plan
+    family = max(1, (n_configs - 1) * p.tests_per_config)
+    level = ALPHA / family
+    pilot = _pilot_components(Path(p.pilot)) if p.pilot else {}
+    seeds = sorted({n_seeds, *SEED_COUNTS})
+    lines = [
+        f"power: minimum detectable difference from the baseline, 80% power at Holm's smallest alpha "
+        f"({ALPHA:g} / {family} tests = (configs - 1) x plan.tests_per_config), per number of seeds "
+        f"(the seed variance pooled over the {n_configs} configs, as the report does)",
+        "  variance components of the per-item differences: "
+        + (f"a pilot's ({p.pilot}, power.json)" if pilot else
+           f"assumed (plan.seed_variance={p.seed_variance:g}, plan.item_variance={p.item_variance:g}, "
+           f"plan.item_seed_variance={p.item_seed_variance:g}; set plan.pilot=<swept dir> for measured ones)"),
+    ]  # fmt: skip
+    for test_set, by_type in test_items.items():
+        for task, n in by_type.items():
+            c = replace(pilot[task], seed_pool=n_configs) if task in pilot else Components(p.seed_variance, p.item_variance, p.item_seed_variance, 2, n, seed_pool=n_configs)
+            mdes = ", ".join(f"{k} seed{'s' if k > 1 else ''}{' (this sweep)' if k == n_seeds else ''} {mde(c, k, level, n_items=n):.3f}" for k in seeds)
+            lines.append(f"  {test_set}/{task} ({n:,} items): {mdes}")
+    return "\n".join(lines)
+
+
+def _pilot_components(path: Path) -> dict:
+    """Per task type, the mean variance components over a pilot report's comparisons (power.json)."""
+    from medinject.report.power import Components
+    from medinject.util.io import read_json
+
+    found = path / "power.json"
+    if not found.is_file():
+        raise UserError(f"plan.pilot={path}: no power.json there (build its report with 2+ seeds first)")
+    by_task: dict[str, list[dict]] = {}
+    for entry in read_json(found).get("comparisons", []):
+        c = entry.get("components")
+        if c and c.get("item") is not None:
+            by_task.setdefault(entry["metric"].split("/")[2], []).append(c)
+    return {
+        task: Components(*(float(sum(c[k] for c in cs) / len(cs)) for k in ("seed", "item", "item_seed")), 2, int(cs[0]["n_items"]))
+        for task, cs in by_task.items()
+    }
 
 
 def _count_tokens(cfg: DictConfig, examples) -> tuple[int, bool]:
@@ -170,6 +227,8 @@ def print_plans(job_cfgs: list[DictConfig]) -> None:
     if plans and plans[0].sbatch and job_cfgs:
         parallel = job_cfgs[0].hydra.launcher.array_parallelism
         print(f"the launcher submits the {len(job_cfgs)} jobs as one job array (#SBATCH --array=0-{len(job_cfgs) - 1}%{parallel})")
+    if plans and plans[0].test_items:
+        print(power_plan(job_cfgs[0], plans[0].test_items, len({cfg.data.name for cfg in job_cfgs}), len({cfg.seed for cfg in job_cfgs})))
     print(f"=== dry run: {len(plans)} of {len(job_cfgs)} jobs planned, {total_hours:.1f} GPU-hours in all; nothing was submitted")
     if failures:
         raise UserError(f"dry run: {len(failures)} job(s) cannot run: {', '.join(failures)}")
