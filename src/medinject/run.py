@@ -8,7 +8,6 @@ multirun never share state; each stage is a function of its own package.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
