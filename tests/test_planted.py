@@ -5,6 +5,7 @@ truth.json and the truth check in its sweep directory."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,15 @@ from conftest import CONF, ROOT, compose_cfg
 from hydra import compose, initialize_config_dir
 
 from medinject.data import planted
-from medinject.data.planted import CHANCE, PlantedParams, ensure_planted, expected_by_config, generate, mixture_optimum, truth
+from medinject.data.planted import (
+    CHANCE,
+    PlantedParams,
+    ensure_planted,
+    expected_by_config,
+    generate,
+    mixture_optimum,
+    truth,
+)
 from medinject.data.prepare import prepare_data
 
 CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
@@ -84,7 +93,7 @@ def test_expected_scores_and_the_optimum_follow_from_the_parameters():
     optimum = mixture_optimum(params)
     assert set(optimum) == set(planted.SOURCES) and sum(optimum.values()) == pytest.approx(1, abs=1e-3)
     assert min(optimum.values()) > 0.1  # interior
-    score = lambda shares: planted.expected_score(params, {s: v * params.budget for s, v in shares.items()})  # noqa: E731
+    score = lambda shares: planted.expected_score(params, {s: v * params.budget for s, v in shares.items()})
     grid = [dict(zip(planted.SOURCES, (a / 20, b / 20, 1 - (a + b) / 20))) for a in range(21) for b in range(21 - a)]
     assert all(score(optimum) >= score(p) - 1e-9 for p in grid)
     better_translation = expected_by_config(replace(params, transfer=0.9))
@@ -152,7 +161,7 @@ def test_a_shrunk_known_answer_sweep_checks_itself_against_the_truth(tmp_path):
         [sys.executable, "train.py", "-m", "experiment=known_answer", "data=native,translated", "seed=1,2", "logger=none",
          "planted.facts=4", "planted.copies=2", "planted.budget=8", "trainer.max_steps=30", "trainer.enable_progress_bar=false",
          f"paths.cache_dir={cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweep"
@@ -169,3 +178,21 @@ def test_a_shrunk_known_answer_sweep_checks_itself_against_the_truth(tmp_path):
 
 def test_every_config_name_is_a_provenance_config():
     assert sorted("+".join(c) for r in (1, 2, 3) for c in combinations(planted.SOURCES, r)) == CONFIGS
+
+
+def test_the_dry_run_estimate_counts_the_adapted_output_layer_as_peft_does():
+    """The known-answer preset adapts lm_head: the dry run's memory estimate accepts it and counts its
+    adapter's values as peft creates them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from medinject.sweep.estimate import estimate_for_run
+
+    cfg = compose_cfg("experiment=known_answer")
+    spec = cfg.model.build_tiny
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                                         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+                                         num_key_value_heads=spec.num_key_value_heads, head_dim=spec.head_dim, tie_word_embeddings=False))  # fmt: skip
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, target_modules=list(cfg.adapter.target_modules)))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert estimate_for_run(cfg).adapter_weights == 4 * trainable
