@@ -8,7 +8,8 @@ each of the seven provenance configurations, the optimum of the mixture and whet
 `experiment=known_answer` and `experiment=known_answer_mixture` generate it into the cache themselves
 (`ensure_planted`, called by the data stage) from the `planted` config group.
 
-The task. A *fact* is a made-up marker word and five candidate values (options A-E), one of them right.
+The task. A *fact* is a made-up marker word and five made-up values of its own (options A-E), one of
+them right.
 The native test set asks one mcqu item per fact (`Quelle est la valeur associée au repère X ?`); the
 facts are split into three groups of `facts` each, and each source teaches one group, `copies` distinct
 rows per fact (the same question with a different lead-in, so the duplicate filter keeps them):
@@ -64,12 +65,12 @@ SOURCES = ("native", "synthetic", "translated")
 LETTERS = "ABCDE"
 CHANCE = 1 / len(LETTERS)
 METRIC = "eval/native/mcqu/em_loglik"
-VERSION = 1  # bump when the generated rows change
+VERSION = 2  # bump when the generated rows change
 PARAMS = "params.json"
 TRUTH = "truth.json"
 
 _SYLLABLES = ("ba", "ko", "ri", "tu", "ne", "za", "lo", "mi", "pu", "se", "da", "fi", "go", "ve", "xu", "ra", "no", "li")
-_VALUES = ("rouge", "vert", "bleu", "jaune", "noir", "blanc", "gris", "rose", "brun", "mauve", "ocre", "cyan")
+_SUFFIXES = ("ine", "ase", "ol", "ide", "ium", "ane")
 _LEADS = {
     "native": ("", "Question d'entraînement. ", "Révision. ", "Rappel. ", "Exercice. "),
     "translated": ("", "Practice. ", "Revue. ", "Note. ", "Drill. "),
@@ -175,7 +176,13 @@ def _facts(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
         if marker in taken:
             continue
         taken.add(marker)
-        facts.append({"marker": marker, "options": rng.sample(_VALUES, len(LETTERS)), "answer": rng.randrange(len(LETTERS))})
+        values = []  # the fact's own five values: every option line says which fact is asked
+        while len(values) < len(LETTERS):
+            word = "".join(rng.choice(_SYLLABLES) for _ in range(2)) + rng.choice(_SUFFIXES)
+            if word not in taken:
+                taken.add(word)
+                values.append(word)
+        facts.append({"marker": marker, "options": values, "answer": rng.randrange(len(LETTERS))})
     return facts
 
 
