@@ -28,8 +28,11 @@ no configuration and no mixture knows anything the others do not.
 The model of `expected` (what truth.json says each configuration scores on `eval/native/mcqu/em_loglik`)
 is a model of a learner that memorises marker -> letter, not a measurement. Its assumptions:
 
-1. a fact is known after the run trained on at least one of its rows (the tiny preset trains several
-   epochs over few rows), and a fact never seen is answered at chance, 1/5;
+1. a fact is known after the run trained on at least one of its rows (the tiny preset trains many
+   epochs over few rows), and a fact never seen is answered at chance, 1/5. The measured sweep
+   (docs/benchmarks.md, "Known-answer study") shows this is the weakest assumption: the tiny model
+   memorises every row it trains on, but the configurations that see about one row per fact fall
+   furthest below the model;
 2. a known fact scores 1 when the letter learnt is the test's letter, else 0 (the learner answers the
    letter it memorised: a wrong one is worse than chance);
 3. rows are drawn without repetition, `n_s = share_s x budget` of the `copies x facts` rows of each
