@@ -115,6 +115,10 @@ class VllmEngine:
         quantized = cfg.adapter.quantization is not None
         if quantized and not torch.cuda.is_available():
             raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM loads on CUDA only; use eval.backend=hf")
+        if not hasattr(model, "peft_config"):  # the base model as it is (data=base): served from its own folder
+            free_accelerator(model)
+            return cls(str(cfg.model.path), tokenizer, quantization="bitsandbytes" if quantized else None, dtype=str(cfg.model.dtype),
+                       max_model_len=int(cfg.model.model_max_length), gpu_memory_utilization=float(cfg.eval.vllm_gpu_memory_utilization))
         if quantized and method == AdapterMethod.dora:
             raise UserError(f"eval.backend=vllm: adapter={adapter.name} (DoRA on a 4-bit base) cannot be merged exactly for vLLM; use eval.backend=hf")
         free_accelerator(model)
