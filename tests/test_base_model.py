@@ -77,3 +77,20 @@ def test_evaluating_a_model_refuses_a_folder_that_is_no_adapter_with_one_line(tm
     result = _python("-m", "medinject.eval", "--model", str(tmp_path), "--adapter", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"medinject: error: --adapter {tmp_path}: not a peft adapter folder (no adapter_config.json)"
+
+
+@pytest.mark.slow
+def test_a_trained_adapter_evaluated_by_path_gives_its_run_s_own_numbers(tmp_path):
+    run_dir = tmp_path / "trained"
+    small = (*SMALL[:-1], "eval.tasks=[mcqu]", "trainer.max_steps=3")
+    trained = _python("train.py", *small, f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    record = json.loads((run_dir / "results.json").read_text())
+    out = tmp_path / "by-path"
+    result = _python("-m", "medinject.eval", "--model", record["model"]["path"], "--adapter", str(run_dir / "adapter"), "--out", str(out), *small)
+    assert result.returncode == 0, result.stderr[-3000:]
+    other = json.loads((out / "results.json").read_text())
+    assert other["model"]["adapter"] == str(run_dir / "adapter") and other["model"]["quantization"] == "nf4"
+    evaluated = {k: v for k, v in other["metrics"].items() if k.startswith("eval/")}
+    assert evaluated == {k: v for k, v in record["metrics"].items() if k.startswith("eval/")}
+    assert [p["output_constrained"] for p in _predictions(out)] == [p["output_constrained"] for p in _predictions(run_dir)]
