@@ -69,9 +69,11 @@ yaml files are absolute). Tasks (all tagged `medinject`):
 lm_eval --model hf --model_args pretrained={model} --include_path {out} --tasks medinject
 ```
 
-A 4-bit model (QLoRA / QDoRA runs): lm-eval's `hf` loader does not quantize the base model from a
-`quantization_config` given in `--model_args`, so its numbers are not those of the model medinject
-evaluated. Build the model yourself and hand the object to `HFLM`:
+A 4-bit model (QLoRA / QDoRA runs): lm-eval's `hf` loader (0.4.13) quantizes only what the checkpoint's
+own config.json says; `--model_args pretrained=...` alone loads the base model unquantized, so its
+numbers are not those of the model medinject evaluated, and a `quantization_config` or `load_in_4bit`
+in the model arguments is refused with a TypeError (lm-eval passes its own `quantization_config`;
+transformers 5 no longer takes `load_in_4bit`). Build the model yourself and hand the object to `HFLM`:
 
 ```python
 import lm_eval
