@@ -100,3 +100,23 @@ def test_the_task_folder_command_writes_every_task_and_says_where(tmp_path):
     assert len(found) == 12 and "medinject_released_native_mcq_generate" in found
     rows = [json.loads(line) for line in (tmp_path / "tasks" / "data" / "released_native_mcq.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(row["gold"], list) and row["prompt"].endswith("assistant\n") for row in rows)
+
+
+def test_lm_eval_s_own_loader_does_not_quantize_and_refuses_4bit_arguments():
+    """Why the task folder's README says to hand HFLM the model object: from a path, lm-eval 0.4.13
+    loads the tiny model unquantized, and the 4-bit arguments a user would try are refused."""
+    import bitsandbytes as bnb
+    from lm_eval.models.huggingface import HFLM
+    from transformers import BitsAndBytesConfig
+
+    from conftest import compose_cfg
+    from medinject.model.tiny import ensure_tiny
+
+    cfg = compose_cfg("experiment=smoke")
+    path = str(ensure_tiny(cfg.model.path, cfg.model.build_tiny, cfg.model.model_max_length))
+    plain = HFLM(pretrained=path, device="cpu")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.model.modules())
+    with pytest.raises(TypeError, match="multiple values for keyword argument 'quantization_config'"):
+        HFLM(pretrained=path, device="cpu", quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    with pytest.raises(TypeError, match="load_in_4bit"):
+        HFLM(pretrained=path, device="cpu", load_in_4bit=True)
