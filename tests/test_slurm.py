@@ -33,6 +33,8 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
     assert all(r["status"] == "completed" for r in results)
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert summary["counts"] == {"completed": len(configs), "skipped": 0, "failed": 0, "missing": 0}
+    progress = [line for line in result.stderr.splitlines() if line.startswith("sweep progress: ")]  # one line per ended job
+    assert len(progress) == len(configs) and progress[-1].endswith(f"{len(configs)}/{len(configs)} ended: {len(configs)} completed, 0 failed, 0 pending")
 
     tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     array_ids = {t.split("_")[0] for t in tasks}
