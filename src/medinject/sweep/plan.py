@@ -58,8 +58,12 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     if untrained:
         from medinject.data.prepare import load_test_sets
 
-        load_test_sets(cfg)  # a wrong path or a bad row fails here, as for the others
-    examples = [] if untrained else prepare_data(cfg).examples
+        # a wrong path or a bad row fails here, as for the others
+        test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+        examples = []
+    else:
+        prepared = prepare_data(cfg)
+        examples, test_rows = prepared.examples, prepared.test_rows
     tokens, counted = _count_tokens(cfg, examples)
 
     t = cfg.trainer
@@ -107,7 +111,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         gpu_hours=gpu_hours,
         memory=memory,
         sbatch=sbatch_script(cfg),
-        test_items={name: _per_type(rows) for name, rows in sorted(prepared.test_rows.items())},
+        test_items={name: _per_type(rows) for name, rows in sorted(test_rows.items())},
     )
 
 
