@@ -94,7 +94,7 @@ def test_the_dry_run_plans_eight_sbatch_jobs_without_a_model_and_writes_no_run(t
     assert "one job array (#SBATCH --array=0-7%8)" in out and "nothing was submitted" in out
     assert not sweep_dir.exists()  # no run directory, no results.json, no submitit folder
     # what the comparisons can detect, per test set and task, for 1, 3, 5 and 10 seeds (power.py)
-    assert "80% power at Holm's smallest alpha (0.05 / 180 tests" in out
+    assert "80% power at Holm's smallest alpha (0.05 / 210 tests" in out  # 8 configurations (the base row too) - 1, x 30
     power = [line for line in out.splitlines() if line.startswith("  native/") or line.startswith("  translated/")]
     assert len(power) == 6  # two test sets x three tasks
     for line in power:
