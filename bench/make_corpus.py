@@ -59,9 +59,10 @@ def text(rng: np.random.Generator, vocab: np.ndarray, mean: int) -> str:
     return " ".join(vocab[rng.integers(0, len(vocab), n)])
 
 
-def row(rng: np.random.Generator, vocab: np.ndarray, origin: str) -> dict:
+def row(rng: np.random.Generator, vocab: np.ndarray, origin: str, length_scale: float = 1.0) -> dict:
     type_ = rng.choice(["mcqu", "mcq", "oeq"], p=TYPES[origin])
     n_instr, n_ctx, n_opt, n_ans = WORDS[origin]
+    n_ctx = max(1, round(n_ctx * length_scale))
     instruction = f"{text(rng, vocab, n_instr)} {STEMS[type_]}"
     context = text(rng, vocab, n_ctx) if origin != "native" or rng.random() < 0.3 else ""
     if type_ == "oeq":
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--length-scale", type=float, default=1.0,
+                        help="contexts this many times longer (bench/gpu_shape.py: rows near 2,048 tokens)")
     parser.add_argument("--rows-per-shard", type=int, default=100_000)
     args = parser.parse_args()
 
@@ -98,7 +101,7 @@ def main() -> None:
         for shard in range(shards):
             count = min(args.rows_per_shard, n_rows - shard * args.rows_per_shard)
             origins = rng.choice(origin_names, size=count, p=origin_p)
-            rows = [row(rng, vocab, o) for o in origins]
+            rows = [row(rng, vocab, o, args.length_scale) for o in origins]
             path = folder / f"{split}-{shard:05d}-of-{shards:05d}.parquet"
             pq.write_table(pa.Table.from_pylist(rows), path)
             print(f"{path} ({count} rows, {time.perf_counter() - start:.0f}s)", flush=True)

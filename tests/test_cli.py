@@ -90,7 +90,30 @@ def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
     assert sorted(r["data"]["config"] for r in results) == expected
     for r in results:
         assert r["status"] == "completed"
+        if r["data"]["config"] == "base":  # the base model: evaluated on the same items, trained on nothing
+            assert r["data"]["n_examples"] == 0 and r["model"]["adapter"] is None and r["metrics"]["train/optimizer_steps"] == 0
+            assert not (Path(r["run_dir"]) / "adapter").exists() and not (Path(r["run_dir"]) / "checkpoints").exists()
+            assert "eval/translated/mcq/hamming" in r["metrics"]
+            continue
         assert r["data"]["n_examples"] == 48  # equal budget: same size, different provenance
         assert sorted(r["data"]["counts"]) == sorted(r["data"]["config"].split("+"))
         assert "eval/translated/mcq/hamming" in r["metrics"]
         assert Path(r["run_dir"]).parent == sweep_dir
+
+    def items(config: str) -> list:
+        (run,) = [r for r in results if r["data"]["config"] == config]
+        lines = (Path(run["run_dir"]) / "predictions.jsonl").read_text().splitlines()
+        return [(p["test_set"], p["task"], p["id"], p["prompt"]) for p in map(json.loads, lines)]
+
+    assert items("base") == items("native")  # the same test items, prompted the same way
+    # the seven configurations against the untuned base model
+    report = subprocess.run([sys.executable, "-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    metric = "eval/native/mcqu/em_constrained"
+    compared = {row["config"] for row in rows if row["metric"] == metric and row["diff"] != ""}
+    assert compared == set(expected) - {"base"} and all(row["baseline"] == "base" for row in rows)
+    assert [row["diff"] for row in rows if row["config"] == "base" and row["metric"] == metric] == [""]

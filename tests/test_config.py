@@ -13,13 +13,21 @@ DATA_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def test_the_seven_provenance_configs_are_in_conf_data():
+PROVENANCE_CONFIGS = [name for name in DATA_CONFIGS if name != "base"]
+
+
+def test_the_seven_provenance_configs_and_the_base_model_are_in_conf_data():
     assert DATA_CONFIGS == sorted(
-        ["native", "synthetic", "translated", "native+synthetic", "native+translated", "synthetic+translated", "native+synthetic+translated"]
+        ["base", "native", "synthetic", "translated", "native+synthetic", "native+translated", "synthetic+translated", "native+synthetic+translated"]
     )
 
 
-@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_the_base_model_config_has_no_training_source():
+    cfg = compose_cfg("data=base")
+    assert cfg.data.name == "base" and not cfg.data.sources
+
+
+@pytest.mark.parametrize("name", PROVENANCE_CONFIGS)
 def test_every_data_config_composes_with_the_sources_its_name_lists(name):
     cfg = compose_cfg(f"data={name}")
     assert cfg.data.name == name

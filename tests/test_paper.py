@@ -45,7 +45,7 @@ def test_the_paper_experiment_is_the_released_setup_for_every_configuration(data
     assert cfg.eval.protocol.value == "released"
     assert cfg.eval.judge.backend.value == "local" and cfg.eval.judge.model == "google/medgemma-27b-text-it"
     assert cfg.eval.judge.rubric.value == "released" and cfg.eval.judge.batch_size == 4
-    assert cfg.hydra.sweeper.params.data == "glob(*)"  # `-m experiment=paper` sweeps the seven
+    assert cfg.hydra.sweeper.params.data == "glob(*)"  # `-m experiment=paper` sweeps the seven and the base model
 
 
 def test_other_adapters_and_several_gpus_are_one_override_away_and_slurm_asks_for_matching_tasks():
@@ -73,26 +73,28 @@ def _dry_run(sweep_dir, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_dry_run_plans_seven_sbatch_jobs_without_a_model_and_writes_no_run(tmp_path):
+def test_the_dry_run_plans_eight_sbatch_jobs_without_a_model_and_writes_no_run(tmp_path):
     sweep_dir = tmp_path / "paper"
     # The bundled sample holds a few hundred rows, so the budget is shrunk; the rest is the paper's.
     result = _dry_run(sweep_dir, "mix.budget=60")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert out.count("=== job ") == 7
-    assert out.count("#!/bin/bash") == 7 and out.count("#SBATCH --gpus-per-node=1") == 7
-    assert out.count("#SBATCH --ntasks-per-node=1") == 7
+    assert out.count("=== job ") == 8  # the seven configurations and the base model
+    assert out.count("#!/bin/bash") == 8 and out.count("#SBATCH --gpus-per-node=1") == 8
+    assert out.count("#SBATCH --ntasks-per-node=1") == 8
     for data in CONFIGS:
         assert f"data: {data}, mix equal_budget budget 60, max length 2048, seed 42" in out
     assert out.count("training examples: 60 ") == 7
-    assert out.count("estimated from characters") == 7  # no tokenizer on disk, no hub
+    assert out.count("training examples: 0 ") == 1 and out.count("optimizer steps: 0;") == 1  # the base model trains nothing
+    assert "adapter: none: the base model, evaluated as it is" in out
+    assert out.count("estimated from characters") == 8  # no tokenizer on disk, no hub
     assert out.count("optimizer steps: 10;") == 7  # ceil(60 / 12) = 5 batches, ceil(5 / 8) = 1 step, 10 epochs
     peaks = [float(line.split()[-2]) for line in out.splitlines() if line.startswith("peak allocated")]
-    assert len(peaks) == 7 and all(0 < gib <= 24 for gib in peaks)  # DoRA, 12 x 2048, checkpointing: the chunked loss
-    assert "one job array (#SBATCH --array=0-6%7)" in out and "nothing was submitted" in out
+    assert len(peaks) == 8 and all(0 < gib <= 24 for gib in peaks)  # DoRA, 12 x 2048, checkpointing: the chunked loss
+    assert "one job array (#SBATCH --array=0-7%8)" in out and "nothing was submitted" in out
     assert not sweep_dir.exists()  # no run directory, no results.json, no submitit folder
     # what the comparisons can detect, per test set and task, for 1, 3, 5 and 10 seeds (power.py)
-    assert "80% power at Holm's smallest alpha (0.05 / 180 tests" in out
+    assert "80% power at Holm's smallest alpha (0.05 / 210 tests" in out  # 8 configurations (the base row too) - 1, x 30
     power = [line for line in out.splitlines() if line.startswith("  native/") or line.startswith("  translated/")]
     assert len(power) == 6  # two test sets x three tasks
     for line in power:
@@ -103,6 +105,6 @@ def test_the_dry_run_plans_seven_sbatch_jobs_without_a_model_and_writes_no_run(t
 def test_a_dry_run_reports_every_job_that_cannot_run_and_fails(tmp_path):
     result = _dry_run(tmp_path / "paper")  # 33,493 examples per configuration: far more than the sample holds
     assert result.returncode != 0
-    assert result.stdout.count("cannot run:") == 7
+    assert result.stdout.count("cannot run:") == 7  # the base model reads only the test sets: it can
     assert "dry run: 7 job(s) cannot run" in result.stdout + result.stderr
     assert not (tmp_path / "paper").exists()

@@ -80,6 +80,7 @@ def test_a_process_alone_is_rank_zero_without_importing_lightning(env):
     code = ("import sys; from medinject.util.cluster import is_main_process; "
             "assert is_main_process(); print('lightning' in sys.modules)")
     clean = {k: v for k, v in __import__("os").environ.items() if k not in CLUSTER_VARS and not k.startswith(("SLURM_", "OMPI_", "PMI"))}
+    clean["SLURM_CONF"] = "/etc/slurm/slurm.conf"  # a login node's setting: not a job
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
     assert type(cluster_environment()).__name__ == "LightningEnvironment" and is_main_process()

@@ -1,4 +1,4 @@
-"""The sweep report on a real tiny sweep: seven data configs x two seeds trained through the CLI, then
+"""The sweep report on a real tiny sweep: seven data configs and the base model x two seeds trained through the CLI, then
 `python -m medinject.report` on it; tables, plots, the HTML page in headless Chromium, failures."""
 
 import csv
@@ -57,7 +57,7 @@ def report(sweep_dir) -> Path:
     result = _python("-m", "medinject.report", str(sweep_dir), "--baseline", "native")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(sweep_dir / "report.html")
-    assert "report: 14 runs of 7 configs" in result.stderr  # progress goes through logging
+    assert f"report: {2 * len(CONFIGS)} runs of {len(CONFIGS)} configs" in result.stderr  # progress goes through logging
     return sweep_dir
 
 
@@ -108,7 +108,7 @@ def test_summary_lists_every_config_with_stats_over_both_seeds(report):
 
     summary = report / "summary.md"
     text = summary.read_text(encoding="utf-8")
-    n_tables = text.count("\n## ") - 3  # less Runs, the mixture model and Plots
+    n_tables = text.count("\n## ") - 4  # less the Summary, Runs, the mixture model and Plots
     assert "\n## Mixture model at 24 examples (native, synthetic, translated)" in text  # the 7 configs are a simplex design
     assert n_tables == 6  # 2 test sets x 3 tasks
     for config in CONFIGS:
@@ -122,7 +122,7 @@ def test_summary_lists_every_config_with_stats_over_both_seeds(report):
 def test_plots_are_valid_non_blank_pngs(report):
     import matplotlib.image
 
-    expected = {f"bars_{t}_{k}.png" for t in ("native", "translated") for k in ("mcqu", "mcq", "oeq")} | {"heatmap.png", "mixture.png"}
+    expected = {f"bars_{t}_{k}.png" for t in ("native", "translated") for k in ("mcqu", "mcq", "oeq")} | {"heatmap.png", "mixture.png", "forest.png"}
     assert {p.name for p in report.glob("*.png")} == expected  # no judge verdicts: no scatter
     for png in report.glob("*.png"):
         image = matplotlib.image.imread(png)
@@ -164,7 +164,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
 
     dom = subprocess.run([browser, *flags, "--dump-dom", page], check=False, capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<table") == 8  # runs + one per test set and task + the mixture model
+    assert dom.stdout.count("<table") == 6 + 8  # the summary's per test set and task, then runs + one per test set and task + the mixture model
     assert dom.stdout.count("<img ") == len(list(report.glob("*.png")))
     for config in CONFIGS:
         assert f"<td>{config}</td>" in dom.stdout
@@ -240,7 +240,7 @@ def test_failed_and_missing_runs_show_in_every_table(report, tmp_path):
         "| native+translated | 2 | missing |" in runs_table and "| synthetic+translated | 1 | failed: RuntimeError: planted failure 1 |" in runs_table
     )
     assert "| synthetic | 3 | failed: UserError: trainer.max_steps" in runs_table
-    n_tables = runs_table.count("\n## ") - 2  # runs + one per test set and task, less the mixture model and Plots
+    n_tables = runs_table.count("\n## ") - 3  # runs + one per test set and task, less the Summary, the mixture model and Plots
     page = (sweep / "report.html").read_text()
     assert page.count("planted failure 1") == n_tables and page.count("missing (seed 2)") == n_tables - 1
 
@@ -259,7 +259,7 @@ def test_judge_scores_give_a_length_scatter(report, tmp_path):
 
     assert matplotlib.image.imread(sweep / "judge_vs_length.png").std() > 0.01
     assert "judge score vs answer length: skipped" not in (sweep / "summary.md").read_text()
-    assert (sweep / "report.html").read_text().count("<img ") == len(list(sweep.glob("*.png"))) == 9
+    assert (sweep / "report.html").read_text().count("<img ") == len(list(sweep.glob("*.png"))) == 10
 
 
 def test_out_writes_elsewhere_and_leaves_the_sweep_alone(report, tmp_path):
@@ -304,7 +304,7 @@ def test_other_bad_inputs_name_the_file(report, tmp_path, damage, message):
 
 
 def test_unknown_baseline_and_empty_dir_are_user_errors(report, tmp_path):
-    with pytest.raises(UserError, match=r"--baseline nope: no run of that data config .* \(found: native, synthetic, "):
+    with pytest.raises(UserError, match=r"--baseline nope: no run of that data config .* \(found: base, native, synthetic, "):
         build_report(report, baseline="nope", out_dir=tmp_path / "out")
     with pytest.raises(UserError, match="no run found"):
         build_report(tempfile.mkdtemp(dir=tmp_path))

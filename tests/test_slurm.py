@@ -32,11 +32,13 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
     assert sorted(r["data"]["config"] for r in results) == configs
     assert all(r["status"] == "completed" for r in results)
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
-    assert summary["counts"] == {"completed": 7, "skipped": 0, "failed": 0, "missing": 0}
+    assert summary["counts"] == {"completed": len(configs), "skipped": 0, "failed": 0, "missing": 0}
+    progress = [line for line in result.stderr.splitlines() if line.startswith("sweep progress: ")]  # one line per ended job
+    assert len(progress) == len(configs) and progress[-1].endswith(f"{len(configs)}/{len(configs)} ended: {len(configs)} completed, 0 failed, 0 pending")
 
     tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     array_ids = {t.split("_")[0] for t in tasks}
-    assert len(array_ids) == 1 and sorted(int(t.split("_")[1]) for t in tasks) == list(range(7))
+    assert len(array_ids) == 1 and sorted(int(t.split("_")[1]) for t in tasks) == list(range(len(configs)))
     (array_id,) = array_ids
     # submitit returns once every task has written its result; SLURM may still be closing the last
     # tasks, so wait (bounded) until accounting has a final state for all seven.
@@ -47,7 +49,7 @@ def test_provenance_sweep_runs_as_one_job_array_of_seven_completed_tasks(tmp_pat
         if not {"RUNNING", "PENDING", "COMPLETING"} & set(states.values()) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert sorted(states) == sorted(f"{array_id}_{i}" for i in range(7))
+    assert sorted(states) == sorted(f"{array_id}_{i}" for i in range(len(configs)))
     assert set(states.values()) == {"COMPLETED"}
 
 

@@ -245,7 +245,7 @@ def test_bundled_sample_is_clean():
 
 
 def test_equal_budget_gives_every_one_of_the_seven_configs_exactly_n(tmp_path):
-    for name in DATA_CONFIGS:
+    for name in [n for n in DATA_CONFIGS if n != "base"]:  # base trains on nothing (tests/test_base_model.py)
         prepared = prepare_data(compose_cfg(f"data={name}", "mix.budget=100", "data.cache=false", "seed=5"))
         per_source = {o: sum(c.values()) for o, c in prepared.manifest["counts"].items()}
         assert sum(per_source.values()) == 100, name

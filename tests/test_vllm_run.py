@@ -73,3 +73,27 @@ def test_a_qlora_run_with_eval_backend_vllm_is_evaluated_by_transformers_and_say
     assert results["eval"]["backend"] == "hf" and "4-bit" in results["eval"]["backend_note"]
     log = (run_dir / "train.log").read_text()
     assert log.index("eval.backend=vllm: adapter=qlora trains on a 4-bit base") < log.index("stage train")
+
+
+@pytest.mark.slow
+def test_the_base_model_row_evaluated_by_vllm_matches_transformers(tmp_path):
+    """data=base through vLLM: the base model is served from its own folder (no adapter to load)."""
+    run_dir = tmp_path / "base"
+    result = subprocess.run(
+        [sys.executable, "train.py", "data=base", "experiment=smoke", "model=tiny_vllm", "adapter=lora", "logger=none",
+         "eval.backend=vllm", "eval.limit=3", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((run_dir / "results.json").read_text())["model"]["adapter"] is None
+    by_vllm = _predictions(run_dir)
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(again), "eval.backend=hf"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    by_hf = _predictions(again)
+    assert len(by_vllm) == len(by_hf) == 2 * 3
+    for v, h in zip(by_vllm, by_hf):
+        assert (v["id"], v["output"], v["prediction_constrained"]) == (h["id"], h["output"], h["prediction_constrained"])
+        for letter, p in h["option_probabilities"].items():
+            assert v["option_probabilities"][letter] == pytest.approx(p, abs=1e-5)

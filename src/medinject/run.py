@@ -89,6 +89,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     import lightning as L
 
     from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
+    from medinject.eval.untrained import evaluate_untrained, is_untrained
     from medinject.model.load import load_model
     from medinject.train.fit import fit, save_adapter
 
@@ -97,6 +98,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     main = is_main_process()
     if main:
         write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    if is_untrained(cfg):  # data=base: the base model as it is, evaluated as every fine-tuned run is
+        return evaluate_untrained(cfg, out_dir, record)
 
     with _stage(record, "data"):
         prepared = prepare_data(cfg)  # test sets are read here too: a bad one fails before training
@@ -183,6 +186,8 @@ def _missing_outputs(out_dir: Path, record: dict) -> str | None:
         return "predictions.jsonl is missing or damaged"
     if len(lines) != evaluated:
         return f"predictions.jsonl has {len(lines)} of its {evaluated:.0f} items"
+    if record.get("model", {}).get("adapter", "") is None:  # the base model evaluated as it is: no adapter to trust
+        return None
     adapter = out_dir / "adapter"
     if _read_json(adapter / "adapter_config.json") is None:
         return "adapter/adapter_config.json is missing or damaged"

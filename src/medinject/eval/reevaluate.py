@@ -1,4 +1,7 @@
-"""Re-evaluate a trained run without training: `python -m medinject.eval <run dir> [key=value ...]`.
+"""Re-evaluate a trained run without training: `python -m medinject.eval <run dir> [key=value ...]`
+(a `data=base` run directory too: its base model, no adapter). With `--model PATH_OR_HUB_ID
+[--adapter PATH] --out DIR [key=value ...]` it evaluates a model medinject did not train instead
+(`medinject.eval.untrained`).
 
 The run's saved config and adapter are loaded, the overrides (dot-list, e.g.
 `eval.judge.backend=openai eval.judge.base_url=http://host:8000/v1 eval.judge.model=NAME`) applied,
@@ -26,10 +29,13 @@ log = logging.getLogger("medinject.eval")
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
-    for path in (results_path, config_path, adapter / "adapter_config.json"):
+    for path in (results_path, config_path):
         if not path.exists():
             raise UserError(f"{run_dir}: not a trained run directory ({path.name} missing)")
     results = read_json(results_path)
+    untrained = (results.get("model") or {}).get("adapter", "") is None  # data=base: the base model, no adapter
+    if not untrained and not (adapter / "adapter_config.json").exists():
+        raise UserError(f"{run_dir}: not a trained run directory (adapter_config.json missing)")
     if results.get("status") != "completed":
         raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
     saved = OmegaConf.load(config_path)
@@ -49,12 +55,13 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
 
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import eval_items, evaluate_model, evaluation_record
+    from medinject.eval.untrained import default_device
     from medinject.model.load import load_tokenizer_and_model
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
-    device = cfg.eval.device or _default_device(cfg.trainer.accelerator)
+    device = cfg.eval.device or default_device(cfg.trainer.accelerator)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter)).to(device)
+        model = (base if untrained else PeftModel.from_pretrained(base, str(adapter))).to(device)
     except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
         raise UserError(f"{adapter}: cannot load the adapter ({one_line(err)}); the files are damaged") from None
     test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
@@ -70,24 +77,31 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     return metrics
 
 
-def _default_device(accelerator: str) -> str:
-    """No run placed the model here: the first GPU when the run's trainer used one and CUDA is
-    there, else the CPU."""
-    import torch
-
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medinject.eval", description="Re-evaluate a trained run.")
-    parser.add_argument("run_dir", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m medinject.eval",
+        description="Re-evaluate a trained run (RUN_DIR), or evaluate any model without training (--model ... --out DIR).",
+    )
+    parser.add_argument("run_dir", nargs="?", help="a run directory to re-evaluate (not with --model)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    parser.add_argument("--model", help="evaluate this model (a local folder or a hub id) as the base row of a sweep is evaluated")
+    parser.add_argument("--adapter", help="with --model: a peft adapter folder to attach")
+    parser.add_argument("--out", type=Path, help="with --model: the run directory to write")
+    parser.add_argument("--name", help="with --model: its name in the report (default: the model folder's name)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        metrics = reevaluate(args.run_dir, args.overrides)
+        if args.model is not None:
+            from medinject.eval.untrained import evaluate_any_model
+
+            if args.out is None:
+                raise UserError("--model: give the run directory to write with --out DIR")
+            overrides = ([args.run_dir] if args.run_dir else []) + args.overrides  # no run dir with --model: all are overrides
+            metrics = evaluate_any_model(args.model, args.out, overrides, args.adapter, args.name)["metrics"]
+        elif args.run_dir is None:
+            raise UserError("give a run directory to re-evaluate, or --model PATH_OR_HUB_ID --out DIR")
+        else:
+            metrics = reevaluate(Path(args.run_dir), args.overrides)
     except UserError as err:
         print(f"medinject: error: {err}", file=sys.stderr)
         sys.exit(2)

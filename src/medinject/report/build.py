@@ -51,6 +51,7 @@ from medinject.report.mixture import flatness_pvalues, mixture_report, order_com
 from medinject.report.power import Components, pool_seed_variance, power_entry, variance_components, verdict
 from medinject.report.truth import read_truth, truth_check, truth_rows
 from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, paired_differences, score_matrix
+from medinject.report.summary import lead_html, lead_markdown, lead_summary, plot_forest
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ STYLE = (
     "th,td{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top}th{background:#eee}.scroll{overflow-x:auto}"
     ".bad{color:#b00}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}"
     ".demo{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-size:15px}"
+    "#summary{border-bottom:3px solid #888;margin-bottom:2em}tr.good td{background:#e6f4ea}tr.bad td{background:#fdecea}"
 )
 DEMO_BANNER = (
     "Demo numbers: these runs trained the built-in tiny model with random weights (model.build_tiny) for a "
@@ -550,8 +552,9 @@ def _md_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def summary_markdown(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None) -> str:
-    lines = [f"# {title}", ""] + ([f"> **{banner}**", ""] if banner else []) + [f"- {note}" for note in notes] + [""]
+def summary_markdown(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None, lead: str = "") -> str:
+    lines = [f"# {title}", ""] + ([f"> **{banner}**", ""] if banner else []) + ([lead, ""] if lead else [])
+    lines += [f"- {note}" for note in notes] + [""]
     for table in tables:
         lines += [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.header)) + " |", "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
@@ -565,7 +568,7 @@ def _is_bad(cell: str) -> bool:
     return cell.startswith(("failed", "missing")) or "; failed" in cell or "; missing" in cell
 
 
-def report_html(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None) -> str:
+def report_html(title: str, notes: list[str], tables: list[Table], plots: list[Path], banner: str | None = None, lead: str = "") -> str:
     """One self-contained page: styles inline, plots as base64 data URIs, no external resource."""
     esc = html.escape
     parts = [
@@ -576,6 +579,7 @@ def report_html(title: str, notes: list[str], tables: list[Table], plots: list[P
         "</head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="demo"><strong>{esc(banner)}</strong></p>' if banner else "",
+        lead,  # the answer first (medinject.report.summary), then the notes and the full tables
         "<ul>" + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>",
     ]
     for table in tables:
@@ -980,12 +984,15 @@ def build_report(
         write_text_atomic(out / "truth_check.json", json.dumps(check, indent=2) + "\n")
         tables.insert(1, Table(f"Planted truth ({truth['metric']}) against what this report found", ["", "planted", "found"], truth_rows(check)))
         notes.append(f"truth.json: planted {truth['metric']}; the comparison is in truth_check.json and the table 'Planted truth'")
+    lead = lead_summary(configs, metrics, cells, baseline, MAIN_METRICS, n_compared)
+    if baseline:
+        plot_forest(out / "forest.png", lead, _save)
     banner = DEMO_BANNER if any(r.demo for r in runs if r.status == "completed") else None
     title = f"medinject sweep report: {sweep_dir.name}"
     write_text_atomic(out / "summary.csv", summary_csv(runs, configs, metrics, cells, baseline))
-    write_text_atomic(out / "summary.md", summary_markdown(title, notes, tables, plots, banner))
+    write_text_atomic(out / "summary.md", summary_markdown(title, notes, tables, plots, banner, lead_markdown(lead)))
     page = out / "report.html"
-    write_text_atomic(page, report_html(title, notes, tables, plots, banner))
+    write_text_atomic(page, report_html(title, notes, tables, plots, banner, lead_html(lead)))
     log.info("report: wrote %s, %s and %s", out / "summary.csv", out / "summary.md", page)
     return page
 

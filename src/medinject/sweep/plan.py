@@ -54,8 +54,16 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)  # `${hydra:runtime.output_dir}` exists only inside a job
-    prepared = prepare_data(cfg)
-    examples = prepared.examples
+    untrained = not cfg.data.sources  # data=base: the base model is evaluated, not trained
+    if untrained:
+        from medinject.data.prepare import load_test_sets
+
+        # a wrong path or a bad row fails here, as for the others
+        test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+        examples = []
+    else:
+        prepared = prepare_data(cfg)
+        examples, test_rows = prepared.examples, prepared.test_rows
     tokens, counted = _count_tokens(cfg, examples)
 
     t = cfg.trainer
@@ -63,7 +71,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     world = devices * t.num_nodes
     batches_per_epoch = math.ceil(len(examples) / (t.batch_size * world))
     steps_per_epoch = math.ceil(batches_per_epoch / t.accumulate_grad_batches)
-    steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.max_epochs
+    steps = 0 if untrained else t.max_steps if t.max_steps > 0 else steps_per_epoch * t.max_epochs
     epochs = steps / steps_per_epoch if steps_per_epoch else 0.0
     # tokens_per_second is per GPU, so GPU-hours do not depend on how many GPUs share the work
     gpu_hours = tokens * epochs / cfg.plan.tokens_per_second / 3600 if t.accelerator in ("gpu", "cuda") else 0.0
@@ -84,6 +92,9 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         "eval": f"{', '.join(cfg.eval.test_sets)} test sets, tasks {', '.join(x.value for x in cfg.eval.tasks)}, "
         f"judge {cfg.eval.judge.backend.value}" + (f" ({cfg.eval.judge.model})" if cfg.eval.judge.model else ""),
     }
+    if untrained:
+        settings["adapter"] = "none: the base model, evaluated as it is" + (f" (base in 4-bit {a.quantization.value})" if a.quantization else "")
+        settings["schedule"] = "no training"
     origins: dict[str, int] = {}
     for ex in examples:
         origins[ex.origin] = origins.get(ex.origin, 0) + 1
@@ -100,7 +111,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         gpu_hours=gpu_hours,
         memory=memory,
         sbatch=sbatch_script(cfg),
-        test_items={name: _per_type(rows) for name, rows in sorted(prepared.test_rows.items())},
+        test_items={name: _per_type(rows) for name, rows in sorted(test_rows.items())},
     )
 
 

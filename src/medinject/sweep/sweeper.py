@@ -90,6 +90,7 @@ class SweeperWithSummary(BasicSweeper):
         jobs: list[dict] = []
         returns: list[Sequence[JobReturn]] = []
         watch = self._watch_pending()
+        progress = self._watch_progress(sweep_dir)
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
@@ -100,8 +101,11 @@ class SweeperWithSummary(BasicSweeper):
                 log.error("the launcher failed: %s", err)
                 results, launch_error = [None] * len(batch), err
             returns.append([r for r in results if r is not None])
-            jobs += [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
+            ended = [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
+            progress.launched(ended)
+            jobs += ended
 
+        progress.stop()
         if watch is not None:
             watch.stop()
         summary = write_summary(sweep_dir, jobs)
@@ -114,6 +118,23 @@ class SweeperWithSummary(BasicSweeper):
             names = ", ".join(f"{' '.join(job['overrides'])} ({job['status']})" for job in bad)
             _exit(1, f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
         return returns
+
+    def _watch_progress(self, sweep_dir: Path):
+        """Every planned job in `sweep_jobs.json` (what `python -m medinject.sweep.status` reads while
+        the sweep runs), and a watch that logs a line each time one of them ends."""
+        from medinject.sweep.progress import ProgressWatch, parallel_jobs
+        from medinject.sweep.status import JOBS
+
+        planned = []
+        for job in (job for batch in self.overrides for job in batch):
+            cfg = self._job_config(job)
+            run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+            planned.append({"num": len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
+        write_json_atomic(sweep_dir / JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(planned), "jobs": planned})
+        batch = max((len(b) for b in self.overrides), default=1)
+        progress = ProgressWatch(planned, parallel_jobs(self.config.hydra.get("launcher"), batch))
+        progress.start()
+        return progress
 
     def _watch_pending(self):
         """On SLURM: a watch that stops the sweep when the cluster will never start its jobs."""

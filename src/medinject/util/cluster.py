@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import os
 
-# Where a process manager or a launcher says there is more than one process; without any of these,
-# every environment Lightning knows detects nothing and the process is alone (rank 0). Checked first so
-# that a refused setting does not wait for torch to import.
-_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")
-_MANAGER_PREFIXES = ("SLURM_", "LSB_", "OMPI_", "PMI_", "PMIX_")
+# What a launcher or a job manager sets in the processes it starts (torchrun, Lightning's launcher, a
+# SLURM job or step, LSF, mpirun); without any of these, every environment Lightning knows detects
+# nothing and the process is alone (rank 0). Checked first so that a refused setting does not wait for
+# torch to import. (SLURM_CONF and the like, set on a login node, are not among them.)
+_LAUNCHED_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS",
+                  "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK")
 
 
 def _alone() -> bool:
-    return not any(v in os.environ for v in _RANK_VARS) and not any(k.startswith(_MANAGER_PREFIXES) for k in os.environ)
+    return not any(v in os.environ for v in _LAUNCHED_VARS)
 
 
 def cluster_environment():

@@ -1,0 +1,154 @@
+"""Evaluate a model without training it: the base model as a row of the study (`data=base`), or a
+model medinject did not train (`python -m medinject.eval --model PATH_OR_HUB_ID [--adapter PATH]`).
+
+Everything but training is what a fine-tuned run does: the same test sets and items (`eval_items`),
+the same protocol, prompts, decodings, metrics and judge (`evaluate_model`), the base weights loaded
+as `adapter.quantization` says (a QLoRA sweep's runs are evaluated on a 4-bit base, so its base row
+is too; `adapter=lora` loads it unquantized), on `eval.device` or the first GPU when the trainer would
+use one. No adapter is attached unless one is given; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from medinject.util.errors import UserError, one_line
+from medinject.util.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def is_untrained(cfg: DictConfig) -> bool:
+    """A config with no training source (`data=base`) evaluates its model as it is."""
+    return not cfg.data.sources
+
+
+def default_device(accelerator: str) -> str:
+    """No trainer placed the model: the first GPU when the trainer would use one and CUDA is there,
+    else the CPU."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"
+
+
+def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: dict, adapter: str | None = None) -> dict[str, float]:
+    """Evaluate `cfg.model` (with the peft adapter at `adapter`, if given) on every configured test
+    set, write `manifest.json` and `predictions.jsonl` into `out_dir`, fill the run record's `data`,
+    `model`, `devices`, `eval` and `timing` as a trained run does, and return the metrics."""
+    from medinject.data.prepare import load_test_sets
+    from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
+    from medinject.model.load import load_tokenizer_and_model, parameter_counts
+
+    timing = record.setdefault("timing", {})
+    started = time.perf_counter()
+    loaded = load_test_sets(cfg)
+    test_rows = {name: sets.rows.examples() for name, sets in loaded.items()}
+    items = eval_items(cfg, test_rows)
+    check_evaluation(cfg)
+    files = {path: digest for sets in loaded.values() for path, digest in sets.files.items()}
+    manifest = {
+        "data_config": cfg.data.name,
+        "sources": {},
+        "test_sets": {name: {"rows": len(rows), "by_type": _by_type(rows)} for name, rows in sorted(test_rows.items())},
+        "seed": cfg.seed,
+        "n_examples": 0,
+        "counts": {},
+        "files": dict(sorted(files.items())),
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    record["data"] = {"config": cfg.data.name, "sources": [], "mix": None, "seed": cfg.seed, "n_examples": 0, "counts": {}}
+    timing["data"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    tokenizer, model = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
+            raise UserError(f"--adapter {adapter}: cannot load the adapter ({one_line(err)})") from None
+    device = cfg.eval.device or default_device(cfg.trainer.accelerator)
+    model = model.to(device)
+    _, total = parameter_counts(model)
+    record["model"] = {
+        "name": cfg.model.name,
+        "path": cfg.model.path,
+        "adapter": str(adapter) if adapter is not None else None,
+        "method": None,
+        "quantization": cfg.adapter.quantization.value if cfg.adapter.quantization else None,
+        "trainable_params": 0,
+        "total_params": total,
+    }
+    record["train"] = {"optimizer_steps": 0, "untrained": True}
+    timing["model"] = round(time.perf_counter() - started, 3)
+    log.info("model %s%s: evaluated as it is, no training (%d parameters)", cfg.model.name,
+             f" with the adapter {adapter}" if adapter else "", total)
+
+    started = time.perf_counter()
+    record.setdefault("devices", {})["eval"] = model_device(model)
+    record["eval"] = evaluation_record(cfg)
+    metrics, predictions = evaluate_model(model, tokenizer, cfg, items)
+    write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
+    timing["eval"] = round(time.perf_counter() - started, 3)
+    return {"train/optimizer_steps": 0.0, **metrics}
+
+
+def _by_type(rows) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for row in rows:
+        found[row.type] = found.get(row.type, 0) + 1
+    return found
+
+
+def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter: str | None = None, name: str | None = None) -> dict:
+    """`python -m medinject.eval --model PATH_OR_HUB_ID [--adapter PATH] --out DIR [overrides]`: the
+    production config composed as train.py composes it (`data=base`, then the overrides), the model
+    and its name set, evaluated without training into `out_dir`, which then holds what a run
+    directory holds for the report (`results.json`, `predictions.jsonl`, `config.yaml`,
+    `manifest.json`). Returns the record written to `results.json`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from medinject.config import check_settings, conf_dir, to_container
+
+    out_dir = Path(out_dir).resolve()
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
+    label = name or Path(model.rstrip("/")).name
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=["data=base", *overrides])
+    except Exception as err:  # noqa: BLE001 - Hydra's compose errors: one line
+        raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        cfg.model.path, cfg.model.name, cfg.model.build_tiny = str(model), label, None
+        cfg.data.name = label
+        cfg.paths.output_dir = str(out_dir)
+    check_settings(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(to_container(cfg)))
+    record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
+                    "inputs": {}, "timing": {}}
+    started = time.perf_counter()
+    try:
+        from medinject.data.inputs import input_hashes
+
+        record["inputs"] = input_hashes(cfg)
+        record["metrics"] = evaluate_untrained(cfg, out_dir, record, adapter)
+        record["status"] = "completed"
+    except BaseException as err:
+        record["status"] = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        record["error"] = one_line(err)
+        raise
+    finally:
+        record["timing"]["total"] = round(time.perf_counter() - started, 3)
+        write_json_atomic(out_dir / "results.json", record)
+    return record
