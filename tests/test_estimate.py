@@ -124,8 +124,10 @@ def test_adapter_parameters_of_qwen3_4b_match_peft_on_meta(method):
 
 def test_all_linear_and_unknown_targets():
     assert adapter_parameters(SMALL, "lora", 8, "all-linear") == adapter_parameters(SMALL, "lora", 8, PROJECTIONS)
-    with pytest.raises(ValueError, match="lm_head"):
-        adapter_parameters(SMALL, "lora", 8, ["q_proj", "lm_head"])
+    with pytest.raises(ValueError, match="embed_tokens"):
+        adapter_parameters(SMALL, "lora", 8, ["q_proj", "embed_tokens"])
+    with_head = adapter_parameters(SMALL, "lora", 8, ["q_proj", "lm_head"])  # the output layer, as peft adapts it
+    assert with_head == adapter_parameters(SMALL, "lora", 8, ["q_proj"]) + 8 * (SMALL.hidden_size + SMALL.vocab_size)
 
 
 # (3) 4-bit weight bytes against bitsandbytes, loaded through medinject.model.load

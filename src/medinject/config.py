@@ -326,6 +326,20 @@ class ReportConfig:
 
 
 @dataclass
+class PlantedConfig:
+    """Known-answer data (conf/planted/, medinject.data.planted): generated into paths.sample_data."""
+
+    name: str = "default"
+    seed: int = 0
+    flat: bool = False  # plant no difference at all
+    facts: int = 24  # facts per source
+    copies: int = 4  # training rows per fact
+    budget: int = 48  # training examples per run the truth is computed for (the experiments' mix.budget)
+    transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
+    wrong_rate: float = 0.3  # synthetic: share of its facts taught with a wrong letter
+
+
+@dataclass
 class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -339,6 +353,7 @@ class RunConfig:
     seed: int = 42
     # Lightning callbacks, each a `_target_` node (conf/callbacks/): they can change training, so hashed.
     callbacks: dict[str, Any] = field(default_factory=dict)
+    planted: Optional[PlantedConfig] = None  # known-answer data (experiment=known_answer): what the sources hold
     # Run control (not part of a run's identity, see run_key below):
     logger: dict[str, Any] = control(factory=dict)  # Lightning loggers, each a `_target_` node (conf/logger/)
     tracking: TrackingConfig = control(factory=TrackingConfig)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medinject.config import check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
+from medinject.data.planted import ensure_planted
 from medinject.data.prepare import PreparedData, prepare_data, write_records
 from medinject.model.preflight import check_run_prerequisites
 from medinject.train.loggers import finish_wandb, log_results
@@ -50,6 +51,7 @@ def run(cfg: DictConfig) -> dict:
         try:
             check_settings(cfg)  # before anything is read or loaded
             check_run_prerequisites(cfg)  # devices, the model folder and its context: still nothing loaded
+            ensure_planted(cfg)  # known-answer data (a `planted` config): generated when absent
             record["inputs"] = input_hashes(cfg)
             check_inputs(_read_json(out_dir / INPUTS), record["inputs"], out_dir)
             if cfg.skip_completed and done:

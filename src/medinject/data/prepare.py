@@ -26,6 +26,7 @@ from medinject.config import TaskType, conf_dir, to_container
 from medinject.data.duplicates import handle_duplicates
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
+from medinject.data.planted import ensure_planted
 from medinject.data.rows import Example, Rows
 from medinject.data.inputs import input_hashes
 from medinject.data.sources import Loaded, load_source
@@ -137,6 +138,7 @@ def _write_cache(folder: Path, prepared: PreparedData) -> None:
 
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
+    ensure_planted(cfg)  # known-answer data (a `planted` config) is generated into paths.sample_data when absent
     cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), input_hashes(cfg))
     if cfg.data.cache and (cache / "meta.json").is_file():
         log.info("selection cache hit: %s", cache)

@@ -225,21 +225,34 @@ def resolve_targets(arch: Architecture, target_modules: Iterable[str] | str) -> 
     if isinstance(target_modules, str):
         target_modules = PROJECTIONS if target_modules == "all-linear" else [target_modules]
     names = [str(t).rsplit(".", 1)[-1] for t in target_modules]
-    unknown = sorted(set(names) - set(arch.linear_shapes()))
+    unknown = sorted(set(names) - set(arch.linear_shapes()) - {LM_HEAD})  # the output layer: see lm_head_adapter
     if unknown:
         raise ValueError(f"target_modules: {unknown} are not projections of a Qwen3 layer ({', '.join(PROJECTIONS)})")
     return [n for n in PROJECTIONS if n in names]
 
 
+LM_HEAD = "lm_head"
+
+
+def lm_head_adapter(arch: Architecture, method: str, r: int, target_modules: Iterable[str] | str) -> int:
+    """Trainable values of an adapter on the output layer (`lm_head` among the targets; the tiny
+    known-answer preset adapts it), 0 when it is not targeted."""
+    names = [] if isinstance(target_modules, str) else [str(t).rsplit(".", 1)[-1] for t in target_modules]
+    if LM_HEAD not in names:
+        return 0
+    return r * (arch.hidden_size + arch.vocab_size) + (arch.vocab_size if _method(method) == "dora" else 0)
+
+
 def adapter_parameters(arch: Architecture, method: str, r: int, target_modules: Iterable[str] | str = PROJECTIONS) -> int:
-    """Trainable values: r*(in+out) per targeted linear (lora_A, lora_B); DoRA adds out magnitudes."""
+    """Trainable values: r*(in+out) per targeted linear (lora_A, lora_B), the output layer's included
+    when targeted; DoRA adds out magnitudes."""
     method = _method(method)
     shapes = arch.linear_shapes()
     per_layer = 0
     for name in resolve_targets(arch, target_modules):
         fan_in, fan_out = shapes[name]
         per_layer += r * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
-    return arch.num_hidden_layers * per_layer
+    return arch.num_hidden_layers * per_layer + lm_head_adapter(arch, method, r, target_modules)
 
 
 def quantized_linear_bytes(n_values: int, double_quant: bool, blocksize: int = BNB_BLOCKSIZE) -> int:
@@ -431,7 +444,7 @@ def estimate_memory(
     targets = resolve_targets(arch, target_modules)
     shapes = arch.linear_shapes()
 
-    n_adapter = adapter_parameters(arch, method, r, targets)
+    n_adapter = adapter_parameters(arch, method, r, target_modules)
     terms = activation_terms(
         arch,
         method=method,

@@ -16,6 +16,7 @@ With `dry_run=true` it launches nothing: `medinject.sweep.plan` prints what each
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ class SweeperWithSummary(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        _plant(self.config, sweep_dir)
 
         jobs: list[dict] = []
         returns: list[Sequence[JobReturn]] = []
@@ -198,6 +200,19 @@ def _build_report(sweep_dir: Path, baseline: str | None) -> None:
         log.info("W&B dashboard specification: %s (publish: python -m medinject.report.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("the dashboard specification could not be built: %s", one_line(err))
+
+
+def _plant(config: DictConfig, sweep_dir: Path) -> None:
+    """Known-answer data (a `planted` config): generated once before the jobs start, and its truth.json
+    copied into the sweep dir, where the report reads it."""
+    from medinject.data.planted import TRUTH, ensure_planted
+
+    try:
+        folder = ensure_planted(config)
+    except UserError as err:
+        _exit(2, str(err))
+    if folder is not None:
+        shutil.copyfile(folder / TRUTH, sweep_dir / TRUTH)
 
 
 def _exit(status: int, message: str) -> None:

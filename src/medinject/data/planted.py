@@ -1,0 +1,330 @@
+"""Known-answer data: three training sources whose value for the test set is known by construction.
+
+`python -m medinject.data.planted OUT [--seed S] [--flat] [--facts N] [--copies R] [--budget B]
+[--transfer T] [--wrong-rate W]` writes, in the layout of the bundled sample (`<origin>/<split>/<type>.jsonl`,
+MedInjection-FR schema, all three task types), the sources native, synthetic and translated, the native
+and translated test sets, and `truth.json` (the metric the truth is planted in, the expected score of
+each of the seven provenance configurations, the optimum of the mixture and whether the data are flat).
+`experiment=known_answer` and `experiment=known_answer_mixture` generate it into the cache themselves
+(`ensure_planted`, called by the data stage) from the `planted` config group.
+
+The task. A *fact* is a made-up marker word and five made-up values of its own (options A-E), one of
+them right.
+The native test set asks one mcqu item per fact (`Quelle est la valeur associée au repère X ?`); the
+facts are split into three groups of `facts` each, and each source teaches one group, `copies` distinct
+rows per fact (the same question with a different lead-in, so the duplicate filter keeps them):
+
+* **native** teaches its group in the test's own phrasing and option order: a learner that memorised
+  a row answers the test item right;
+* **translated** teaches its group in a shifted phrasing; for a share `transfer` of its facts the
+  options are in the test's order, for the others in another order, so the letter it teaches is not
+  the test's letter: what a learner memorised transfers for `transfer` of the facts only;
+* **synthetic** teaches its group in a third phrasing, with the wrong letter for a share `wrong_rate`
+  of its facts.
+
+`--flat` plants no difference: every source teaches facts that the test set does not ask about, so
+no configuration and no mixture knows anything the others do not.
+
+The model of `expected` (what truth.json says each configuration scores on `eval/native/mcqu/em_loglik`)
+is a model of a learner that memorises marker -> letter, not a measurement. Its assumptions:
+
+1. a fact is known after the run trained on at least one of its rows (the tiny preset trains many
+   epochs over few rows), and a fact never seen is answered at chance, 1/5. The measured sweep
+   (docs/benchmarks.md, "Known-answer study") shows this is the weakest assumption: the tiny model
+   memorises every row it trains on, but the configurations that see about one row per fact fall
+   furthest below the model;
+2. a known fact scores 1 when the letter learnt is the test's letter, else 0 (the learner answers the
+   letter it memorised: a wrong one is worse than chance);
+3. rows are drawn without repetition, `n_s = share_s x budget` of the `copies x facts` rows of each
+   source, so a fact of source s is seen with probability `1 - prod_j (K - n_s - j) / (K - j)`, j < copies
+   (the hypergeometric chance that none of its rows was drawn; a real-valued n_s is used for the mixture);
+4. facts, phrasings and letters do not interfere: a group is worth the same whatever else is trained on.
+
+So expected(shares) = sum over sources of (1/3) [1/5 + seen_s(n_s) (value_s - 1/5)], with value 1 for
+native, `transfer` for translated and `1 - wrong_rate` for synthetic. Each term is concave and saturates
+in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
+refined by scipy). With equal budgets (the seven configurations, `mix=equal_budget`) n_s = budget / the
+number of sources of the configuration. A real model memorises imperfectly and transfers across phrasings
+in its own way; the known-answer study asks whether the pipeline recovers this ranking, not whether the
+numbers match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+
+from medinject.util.errors import UserError
+
+SOURCES = ("native", "synthetic", "translated")
+LETTERS = "ABCDE"
+CHANCE = 1 / len(LETTERS)
+METRIC = "eval/native/mcqu/em_loglik"
+VERSION = 2  # bump when the generated rows change
+PARAMS = "params.json"
+TRUTH = "truth.json"
+
+_SYLLABLES = ("ba", "ko", "ri", "tu", "ne", "za", "lo", "mi", "pu", "se", "da", "fi", "go", "ve", "xu", "ra", "no", "li")
+_SUFFIXES = ("ine", "ase", "ol", "ide", "ium", "ane")
+_LEADS = {
+    "native": ("", "Question d'entraînement. ", "Révision. ", "Rappel. ", "Exercice. "),
+    "translated": ("", "Practice. ", "Revue. ", "Note. ", "Drill. "),
+    "synthetic": ("", "Cas généré. ", "Fiche. ", "Synthèse. ", "Exemple. "),
+}
+_ASK = {
+    "native": "Quelle est la valeur associée au repère {m} ?",  # the test's own phrasing
+    "translated": "Quelle valeur va avec le marqueur {m} dans ce contexte ?",
+    "synthetic": "D'après le cas, le repère {m} correspond à quelle valeur ?",
+}
+
+
+@dataclass(frozen=True)
+class PlantedParams:
+    seed: int = 0
+    flat: bool = False
+    facts: int = 24  # facts per source (the native test set asks 3 x facts mcqu items)
+    copies: int = 4  # distinct training rows per fact
+    budget: int = 48  # training examples per run (mix.budget of the known-answer experiments)
+    transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
+    wrong_rate: float = 0.3  # synthetic: share of its facts taught with a wrong letter
+
+    def check(self) -> None:
+        if self.facts < 2 or self.copies < 1:
+            raise UserError(f"planted: facts >= 2 and copies >= 1, got facts={self.facts}, copies={self.copies}")
+        if not 0 < self.budget <= self.facts * self.copies:
+            raise UserError(f"planted.budget: between 1 and facts x copies ({self.facts * self.copies}), got {self.budget}")
+        for name in ("transfer", "wrong_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"planted.{name}: a share in [0, 1], got {getattr(self, name)}")
+
+
+# --- the model of what a memorising learner scores ---------------------------------------------------
+
+
+def value(params: PlantedParams, source: str) -> float:
+    """What a known fact of `source` scores on the test (assumption 2)."""
+    if params.flat:
+        return CHANCE  # its facts are not asked about
+    return {"native": 1.0, "translated": params.transfer, "synthetic": 1.0 - params.wrong_rate}[source]
+
+
+def seen(params: PlantedParams, n: float) -> float:
+    """Probability that a fact of a source is seen when n of its copies x facts rows are drawn (assumption 3)."""
+    k = params.facts * params.copies
+    unseen = 1.0
+    for j in range(params.copies):
+        unseen *= max(k - n - j, 0.0) / (k - j)
+    return 1.0 - unseen
+
+
+def expected_score(params: PlantedParams, examples: dict[str, float]) -> float:
+    """The modelled test score of a run trained on `examples[source]` rows of each source."""
+    return sum((CHANCE + seen(params, examples.get(s, 0.0)) * (value(params, s) - CHANCE)) / len(SOURCES) for s in SOURCES)
+
+
+def config_names() -> list[str]:
+    """The seven provenance configurations, named as conf/data/ names them."""
+    return ["+".join(c) for r in (1, 2, 3) for c in combinations(SOURCES, r)]
+
+
+def expected_by_config(params: PlantedParams) -> dict[str, float]:
+    """Equal budgets: each of a configuration's sources gives budget / (its number of sources) rows."""
+    out = {}
+    for name in config_names():
+        parts = name.split("+")
+        share, extra = divmod(params.budget, len(parts))  # as mix.equal_budget splits it
+        out[name] = expected_score(params, {s: share + (1 if i < extra else 0) for i, s in enumerate(sorted(parts))})
+    return out
+
+
+def mixture_optimum(params: PlantedParams) -> dict[str, float] | None:
+    """The shares that maximise the modelled score at the budget; None when the data are flat."""
+    if params.flat:
+        return None
+    import numpy as np
+    from scipy.optimize import minimize
+
+    def score(p) -> float:
+        return expected_score(params, {s: float(v) * params.budget for s, v in zip(SOURCES, p)})
+
+    grid = [(a / 100, b / 100, 1 - (a + b) / 100) for a in range(101) for b in range(101 - a)]
+    start = max(grid, key=score)
+    fit = minimize(lambda p: -score(np.clip(p, 0, 1)), np.array(start), method="SLSQP", bounds=[(0, 1)] * 3,
+                   constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1}])  # fmt: skip
+    best = np.clip(fit.x, 0, 1) if fit.success and score(np.clip(fit.x, 0, 1)) >= score(start) else np.array(start)
+    best = best / best.sum()
+    return {s: round(float(v), 4) for s, v in zip(SOURCES, best)}
+
+
+def truth(params: PlantedParams) -> dict:
+    return {"metric": METRIC, "expected": expected_by_config(params), "optimum": mixture_optimum(params), "flat": params.flat,
+            "params": asdict(params)}  # fmt: skip
+
+
+# --- the rows -----------------------------------------------------------------------------------------
+
+
+def _facts(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
+    facts = []
+    while len(facts) < n:
+        marker = "".join(rng.choice(_SYLLABLES) for _ in range(3))
+        if marker in taken:
+            continue
+        taken.add(marker)
+        values = []  # the fact's own five values: every option line says which fact is asked
+        while len(values) < len(LETTERS):
+            word = "".join(rng.choice(_SYLLABLES) for _ in range(2)) + rng.choice(_SUFFIXES)
+            if word not in taken:
+                taken.add(word)
+                values.append(word)
+        facts.append({"marker": marker, "options": values, "answer": rng.randrange(len(LETTERS))})
+    return facts
+
+
+def _context(options: list[str]) -> str:
+    return "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options))
+
+
+def _mcqu(origin: str, instruction: str, options: list[str], answer: int) -> dict:
+    return {"instruction": instruction, "context": _context(options), "answer": LETTERS[answer], "type": "mcqu", "origin": origin}
+
+
+def _extra_types(origin: str, facts: list[dict], phrasing: str) -> list[dict]:
+    """mcq and oeq rows about the same facts (the schema's other task types; the truth is on mcqu)."""
+    rows = []
+    for a, b in zip(facts[0::2], facts[1::2]):
+        options = list(dict.fromkeys([a["options"][a["answer"]], b["options"][b["answer"]], *a["options"]]))[: len(LETTERS)]
+        rng = random.Random(a["marker"] + b["marker"])
+        rng.shuffle(options)
+        right = sorted(LETTERS[options.index(f["options"][f["answer"]])] for f in (a, b))
+        rows.append({"instruction": f"Quelles valeurs sont associées aux repères {a['marker']} et {b['marker']} ?{phrasing}",
+                     "context": _context(options), "answer": ", ".join(dict.fromkeys(right)) if right[0] != right[1] else right[0],
+                     "type": "mcq", "origin": origin})  # fmt: skip
+    for f in facts:
+        rows.append({"instruction": f"Donnez la valeur associée au repère {f['marker']}.{phrasing}", "context": "",
+                     "answer": f"La valeur associée au repère {f['marker']} est {f['options'][f['answer']]}.", "type": "oeq", "origin": origin})  # fmt: skip
+    return rows
+
+
+def _fix_mcq(rows: list[dict]) -> list[dict]:
+    """An mcq needs two or more right letters: a pair that shares its value becomes one more option."""
+    return [r for r in rows if r["type"] != "mcq" or ", " in r["answer"]]
+
+
+def generate(params: PlantedParams) -> dict[str, list[dict]]:
+    """Every file's rows, keyed `<origin>/<split>/<type>`."""
+    params.check()
+    rng = random.Random(f"planted-v{VERSION}-{params.seed}")
+    taken: set[str] = set()
+    test_facts = _facts(rng, len(SOURCES) * params.facts, taken)
+    groups = {s: test_facts[i * params.facts:(i + 1) * params.facts] for i, s in enumerate(SOURCES)}
+    if params.flat:  # every source teaches facts the test never asks about
+        groups = {s: _facts(rng, params.facts, taken) for s in SOURCES}
+    files: dict[str, list[dict]] = {}
+    for source, facts in groups.items():
+        rows = []
+        for k, fact in enumerate(facts):
+            options, answer = list(fact["options"]), fact["answer"]
+            if source == "translated" and not params.flat and k >= round(params.transfer * len(facts)):
+                options = options[1:] + options[:1]  # the same values, another order: another letter
+                answer = (answer - 1) % len(LETTERS)
+            if source == "synthetic" and not params.flat and k < round(params.wrong_rate * len(facts)):
+                answer = (answer + 1 + rng.randrange(len(LETTERS) - 1)) % len(LETTERS)  # a wrong letter
+            for c in range(params.copies):
+                lead = _LEADS[source][c % len(_LEADS[source])] + (f"({c // len(_LEADS[source])}) " if c >= len(_LEADS[source]) else "")
+                rows.append(_mcqu(source, lead + _ASK[source].format(m=fact["marker"]), options, answer))
+        rows += _extra_types(source, facts, "" if source == "native" else " (entraînement)")
+        for task in ("mcqu", "mcq", "oeq"):
+            files[f"{source}/train/{task}"] = _fix_mcq([r for r in rows if r["type"] == task])
+    for test, phrasing in (("native", "native"), ("translated", "translated")):
+        rows = [_mcqu(test, _ASK[phrasing].format(m=f["marker"]), f["options"], f["answer"]) for f in test_facts]
+        rows += _extra_types(test, test_facts, " (évaluation)")
+        for task in ("mcqu", "mcq", "oeq"):
+            files[f"{test}/test/{task}"] = _fix_mcq([r for r in rows if r["type"] == task])
+    return files
+
+
+def write(out: Path, params: PlantedParams) -> dict:
+    """Write the data and truth.json into `out` (built beside it and renamed into place); the truth."""
+    rows = generate(params)
+    planted = truth(params)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for key, items in rows.items():
+            path = staging / f"{key}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
+        (staging / TRUTH).write_text(json.dumps(planted, indent=2) + "\n", encoding="utf-8")
+        (staging / PARAMS).write_text(json.dumps({"version": VERSION, **asdict(params)}, sort_keys=True) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.replace(staging, out)
+        except OSError:  # another job wrote it first: the same parameters give the same files
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return planted
+
+
+def params_of(cfg) -> PlantedParams | None:
+    """The run config's planted parameters (the `planted` group), or None when it has none."""
+    node = cfg.get("planted") if hasattr(cfg, "get") else None
+    if node is None:
+        return None
+    return PlantedParams(**{k: node[k] for k in PlantedParams.__dataclass_fields__ if k in node})
+
+
+def ensure_planted(cfg) -> Path | None:
+    """With a `planted` config: its data in `paths.sample_data` (generated there when absent or made with
+    other parameters); the folder, or None when the config plants nothing."""
+    params = params_of(cfg)
+    if params is None:
+        return None
+    out = Path(cfg.paths.sample_data)
+    try:
+        current = json.loads((out / PARAMS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
+    if current != {"version": VERSION, **asdict(params)}:
+        write(out, params)
+    return out
+
+
+def fingerprint(params: PlantedParams) -> str:
+    return hashlib.sha256(json.dumps({"version": VERSION, **asdict(params)}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m medinject.data.planted", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the folder to write (replaced when it exists)")
+    defaults = PlantedParams()
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--flat", action="store_true", help="plant no difference at all")
+    parser.add_argument("--facts", type=int, default=defaults.facts, help="facts per source")
+    parser.add_argument("--copies", type=int, default=defaults.copies, help="training rows per fact")
+    parser.add_argument("--budget", type=int, default=defaults.budget, help="training examples per run the truth is computed for")
+    parser.add_argument("--transfer", type=float, default=defaults.transfer, help="translated: share of facts whose letter transfers")
+    parser.add_argument("--wrong-rate", type=float, default=defaults.wrong_rate, help="synthetic: share of facts taught wrong")
+    args = parser.parse_args(argv)
+    params = PlantedParams(args.seed, args.flat, args.facts, args.copies, args.budget, args.transfer, args.wrong_rate)
+    try:
+        planted = write(args.out, params)
+    except UserError as err:
+        parser.exit(2, f"medinject: error: {err}\n")
+    ranking = sorted(planted["expected"], key=lambda c: -planted["expected"][c])
+    print(f"{args.out}: {planted['metric']} planted; ranking {' > '.join(ranking)}; optimum {planted['optimum']}")
+
+
+if __name__ == "__main__":
+    main()
