@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo clean
+.PHONY: venv test test-fast demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ venv: $(VENV)/.installed
 
 # sets up what the machine allows (one-node SLURM cluster, Chromium; tests/machine_setup.sh), then the suite
 test: venv
-	@eval "$$(bash tests/machine_setup.sh)"; $(PY) -m pytest -q tests
+	@eval "$$(bash tests/machine_setup.sh)"; $(PY) -m pytest -q --durations=25 tests
+
+# the fast tier while working: no end-to-end run (the `e2e` marker, tests/conftest.py)
+test-fast: venv
+	$(PY) -m pytest -q -m "not e2e" --durations=10 tests
 
 demo: venv
 	$(PY) train.py -m experiment=provenance_sweep

@@ -24,6 +24,19 @@ RESUMABLE = ("experiment=smoke", "logger=csv", "trainer.enable_progress_bar=fals
              "trainer.checkpoint_every_n_steps=4", "eval.limit=4", "eval.tasks=[mcqu,oeq]")
 
 
+# Modules whose every test runs something whole: CLI runs and sweeps, the SLURM cluster, Chromium, a vLLM
+# engine, lm-eval. With every `slow` test and the tests marked `e2e` in other modules they form the
+# end-to-end tier, which `make test-fast` leaves out.
+E2E_MODULES = {"test_base_model", "test_cli", "test_gpu", "test_lm_eval", "test_mixture_sweep", "test_report", "test_resume",
+               "test_review", "test_run", "test_slurm", "test_summary", "test_sweep_progress", "test_vllm", "test_vllm_run", "test_wandb"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)
+
+
 def compose_cfg(*overrides: str, output_dir: Path | str = "/tmp/medinject-unused"):
     """The production config, composed the way train.py does, with overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

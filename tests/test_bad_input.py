@@ -75,6 +75,7 @@ def _sample_copy(tmp_path: Path) -> Path:
     return data
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("encoding", ["utf-16", "binary"])
 def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, encoding):
     data = _sample_copy(tmp_path)
@@ -118,6 +119,7 @@ def test_a_row_repeated_200_times_is_counted_and_dropped_kept_or_refused(tmp_pat
     assert native["rows"] == distinct + (200 if action == "keep" else 0)
 
 
+@pytest.mark.e2e
 def test_a_test_item_longer_than_the_model_reads_is_left_out_and_counted(tmp_path):
     tests = tmp_path / "native_test"
     shutil.copytree(SAMPLE / "native" / "test", tests)
@@ -136,6 +138,7 @@ def test_a_test_item_longer_than_the_model_reads_is_left_out_and_counted(tmp_pat
 
 # ------------------------------------------------------------------------------------------ ends
 
+@pytest.mark.e2e
 def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_completes(tmp_path):
     run_dir = tmp_path / "run"
     args = ["train.py", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "eval.limit=12",
@@ -160,6 +163,7 @@ def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_comp
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.e2e
 def test_two_identical_commands_one_trains_the_other_stops_at_once(tmp_path):
     args = [sys.executable, "train.py", *QUICK, "trainer.max_steps=80", f"hydra.run.dir={tmp_path}/run"]
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,6 +183,7 @@ def test_two_identical_commands_one_trains_the_other_stops_at_once(tmp_path):
     assert waited.returncode == 0 and "already completed; skipped" in waited.stderr + waited.stdout
 
 
+@pytest.mark.e2e
 def test_a_completed_run_whose_adapter_was_deleted_is_not_skipped(tmp_path):
     args = ["train.py", *QUICK, f"hydra.run.dir={tmp_path}/run"]
     assert _cli(*args).returncode == 0
@@ -210,6 +215,7 @@ def _damaged_copy(trained_run: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.e2e
 def test_evaluate_and_review_export_name_a_truncated_results_file(trained_run, tmp_path):
     run_dir = _damaged_copy(trained_run, tmp_path)
     results = run_dir / "results.json"
@@ -221,6 +227,7 @@ def test_evaluate_and_review_export_name_a_truncated_results_file(trained_run, t
     assert not (tmp_path / "review" / "review.csv").exists()
 
 
+@pytest.mark.e2e
 def test_evaluate_names_truncated_adapter_weights(trained_run, tmp_path):
     run_dir = _damaged_copy(trained_run, tmp_path)
     weights = run_dir / "adapter" / "adapter_model.safetensors"

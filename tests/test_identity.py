@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import lightning as L
+import pytest
 import torch
 
 from conftest import ROOT, compose_cfg
@@ -33,6 +34,7 @@ def test_run_control_keys_do_not_move_a_run_and_result_keys_do():
         assert run_name(compose_cfg("experiment=smoke", decisive)) != base, decisive
 
 
+@pytest.mark.e2e
 def test_a_single_run_and_a_sweep_run_of_the_same_config_write_different_wandb_runs(tmp_path):
     single = _train(*QUICK, "logger=wandb", f"hydra.run.dir={tmp_path}/outputs/" + "${medinject.run_name:}")
     assert single.returncode == 0, single.stderr[-2000:]
@@ -48,6 +50,7 @@ def test_a_single_run_and_a_sweep_run_of_the_same_config_write_different_wandb_r
         assert offline.name.endswith(f"-{run_id}")
 
 
+@pytest.mark.e2e
 def test_an_edited_training_file_is_never_reported_as_skipped(tmp_path):
     data = tmp_path / "sample"
     shutil.copytree(SAMPLE, data)
