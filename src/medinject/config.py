@@ -396,11 +396,9 @@ def device_count(devices) -> int:
 
 
 def _machine_gpus(accelerator) -> int:
-    if str(accelerator) not in ("gpu", "cuda"):
-        return 0
-    import torch
+    from medinject.util.cluster import cuda_device_count
 
-    return torch.cuda.device_count()
+    return cuda_device_count() if str(accelerator) in ("gpu", "cuda") else 0
 
 
 def register() -> None:

@@ -13,15 +13,13 @@ no driver there is no CUDA device, whatever torch would say.
 
 from __future__ import annotations
 
-import functools
-import glob
 import json
-import os
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from medinject.util.cluster import cuda_device_count, gpu_driver_loaded
 from medinject.util.errors import UserError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -39,28 +37,13 @@ def check_run_prerequisites(cfg: DictConfig) -> None:
 
 # ------------------------------------------------------------------------------------------ devices
 
-def _gpu_driver_loaded() -> bool:
-    return (os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
-            or os.path.exists("/dev/kfd"))  # /dev/kfd: AMD's ROCm, which torch also calls cuda
-
-
-@functools.cache
-def cuda_device_count() -> int:
-    """The CUDA devices this process can use (CUDA_VISIBLE_DEVICES applied)."""
-    if not _gpu_driver_loaded():
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def available_devices() -> str:
     n = cuda_device_count()
     return ", ".join(["cpu", *(f"cuda:{i}" for i in range(n))])
 
 
 def _no_gpu_reason() -> str:
-    return "no NVIDIA driver is loaded" if not _gpu_driver_loaded() else "torch sees no CUDA device"
+    return "no NVIDIA driver is loaded" if not gpu_driver_loaded() else "torch sees no CUDA device"
 
 
 def check_devices(cfg: DictConfig) -> None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from medinject.config import device_count
+from medinject.util.cluster import cuda_device_count
 from medinject.util.errors import UserError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -42,9 +43,7 @@ def processes_per_job(trainer: DictConfig) -> int:
         devices = device_count(trainer.devices)
     except UserError:  # -1 / "auto": every device of the machine
         if str(trainer.accelerator) in GPU_ACCELERATORS:
-            import torch
-
-            devices = max(torch.cuda.device_count(), 1)
+            devices = max(cuda_device_count(), 1)
         else:
             devices = 1  # Lightning's CPU accelerator: "auto" is one process
     return devices * int(trainer.num_nodes)
@@ -79,19 +78,16 @@ class GpuPlan:
         return list(range(start, start + self.per_job))
 
 
-def local_gpu_plan(config: DictConfig, visible_gpus: int) -> GpuPlan | None:
+def local_gpu_plan(config: DictConfig, visible_gpus: int | None = None) -> GpuPlan | None:
     """On the local launcher with a GPU trainer: how many jobs run at once and on which GPUs (None
-    otherwise). Refuses a job that needs more GPUs than the machine has."""
+    otherwise). `visible_gpus`: the GPUs the sweep's own process sees (what submitit's local executor
+    hands out), counted here when not given. Refuses a job that needs more GPUs than the machine has."""
     if launcher_kind(config) != "local" or str(config.trainer.accelerator) not in GPU_ACCELERATORS:
         return None
+    if visible_gpus is None:
+        visible_gpus = cuda_device_count()
     per_job = processes_per_job(config.trainer)
     if visible_gpus < per_job:
         raise UserError(f"trainer.devices={config.trainer.devices}: each job needs {per_job} GPU(s) and this machine has {visible_gpus}")
     return GpuPlan(jobs_at_once=visible_gpus // per_job, per_job=per_job)
 
-
-def machine_gpus() -> int:
-    """GPUs the sweep's own process sees (what submitit's local executor can hand out)."""
-    import torch
-
-    return torch.cuda.device_count()

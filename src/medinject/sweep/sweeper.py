@@ -56,13 +56,13 @@ class SweeperWithSummary(BasicSweeper):
         self.launcher = None
 
     def sweep(self, arguments: list[str]) -> Any:
-        from medinject.sweep.devices import check_launcher, local_gpu_plan, machine_gpus
+        from medinject.sweep.devices import check_launcher, local_gpu_plan
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         try:
             check_launcher(self.config)
-            gpu_plan = local_gpu_plan(self.config, machine_gpus())
+            gpu_plan = local_gpu_plan(self.config)
         except UserError as err:
             _exit(2, str(err))
         batch_size = self.max_batch_size

@@ -11,6 +11,8 @@ Lightning's own environment reads.
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
 
 # What a launcher or a job manager sets in the processes it starts (torchrun, Lightning's launcher, a
@@ -56,3 +58,19 @@ def is_main_process() -> bool:
 def local_rank() -> int:
     """This process's rank on its node: the GPU it trains on (cuda:<local rank>)."""
     return cluster_environment().local_rank()
+
+
+def gpu_driver_loaded() -> bool:
+    return (os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
+            or os.path.exists("/dev/kfd"))  # /dev/kfd: AMD's ROCm, which torch also calls cuda
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """The CUDA devices this process can use (CUDA_VISIBLE_DEVICES applied); torch is imported only
+    where a GPU driver is loaded."""
+    if not gpu_driver_loaded():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
