@@ -190,7 +190,7 @@ class Evaluator:
                 constrained, first = generate(model, tokenizer, prompts, 1, limits, desc, constraint, letters)
             decodings = {"": greedy, "_constrained": constrained}
             for i, item in enumerate(items):
-                logits = torch.tensor([first[i][t] for t in option_token_ids(tokenizer, item.options)])
+                logits = torch.tensor([first[i][t] for t in letters[i]])
                 probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
         elif self.engine is not None:
             decodings = {"": self.engine.generate(prompts, limits)}

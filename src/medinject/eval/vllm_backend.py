@@ -119,13 +119,11 @@ class VllmEngine:
         adapter, method = cfg.adapter, AdapterMethod(cfg.adapter.method)
         if cfg.adapter.quantization is not None:  # runner.generation_backend sends these to transformers
             raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM {vllm.__version__} cannot load")
-        if not hasattr(model, "peft_config"):  # the base model as it is (data=base): served from its own folder
-            free_accelerator(model)
-            return cls(str(cfg.model.path), tokenizer, dtype=str(cfg.model.dtype),
-                       max_model_len=int(cfg.model.model_max_length), gpu_memory_utilization=float(cfg.eval.vllm_gpu_memory_utilization))
         free_accelerator(model)
-        scratch = tempfile.mkdtemp(prefix="medinject-vllm-")
         common = dict(max_model_len=int(cfg.model.model_max_length), gpu_memory_utilization=float(cfg.eval.vllm_gpu_memory_utilization))
+        if not hasattr(model, "peft_config"):  # the base model as it is (data=base): served from its own folder
+            return cls(str(cfg.model.path), tokenizer, dtype=str(cfg.model.dtype), **common)
+        scratch = tempfile.mkdtemp(prefix="medinject-vllm-")
         try:
             if method == AdapterMethod.dora:
                 # vLLM serves no DoRA adapter unmerged: merge into a copy, leave the run's model as it is
