@@ -1,6 +1,8 @@
 """Shared set-up: offline hub, offline W&B, one tiny model per test session, real configs shrunk."""
 
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,3 +51,34 @@ def smoke_cfg(tmp_path):
         return compose_cfg("experiment=smoke", "logger=csv", "trainer.enable_progress_bar=false", *overrides, output_dir=tmp_path / "run")
 
     return make
+
+
+class Chromium:
+    """Headless Chromium on a local page, with the flags this closed network needs (no background
+    connections) and its own empty profile."""
+
+    def __init__(self, binary: str, profile: Path):
+        self.binary = binary
+        self.flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"]
+
+    def dom(self, page: str) -> str:
+        """The page's DOM after Chromium has loaded it."""
+        result = subprocess.run([self.binary, *self.flags, "--dump-dom", page], check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    def screenshot(self, page: str, shot: Path, width: int, height: int) -> Path:
+        result = subprocess.run([self.binary, *self.flags, f"--window-size={width},{height}", f"--screenshot={shot}", page],
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+        return shot
+
+
+@pytest.fixture
+def chromium(tmp_path) -> Chromium:
+    """A real browser, or the test skipped with the reason."""
+    binary = next((path for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (path := shutil.which(name))), None)
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (apt-get install -y chromium)")
+    return Chromium(binary, tmp_path / "profile")

@@ -5,7 +5,6 @@ directories with planted per-item scores, and the page in headless Chromium."""
 import json
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -71,24 +70,11 @@ def test_without_a_difference_the_summary_says_so(tmp_path):
     assert "| better |" not in summary and "better than" not in summary
 
 
-def _chromium() -> str | None:
-    return next((path for name in ("chromium", "chromium-browser", "google-chrome", "chrome") if (path := shutil.which(name))), None)
-
-
-def test_chromium_shows_the_summary_before_the_first_full_table(planted, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium binary on PATH (apt-get install -y chromium)")
+def test_chromium_shows_the_summary_before_the_first_full_table(planted, tmp_path, chromium):
     page = (planted / "report.html").as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
+    html = chromium.dom(page)
     assert 0 < html.index('<section id="summary">') < html.index("<h2>Runs</h2>") < html.index("<h2>native / mcqu</h2>")
-    shot = tmp_path / "top.png"  # the first screen of the page, as a reader opens it
-    result = subprocess.run([browser, *flags, "--window-size=1200,800", f"--screenshot={shot}", page], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    shot = chromium.screenshot(page, tmp_path / "top.png", 1200, 800)  # the first screen of the page, as a reader opens it
     shutil.copy(shot, planted / "screenshot_top.png")  # kept beside the report, to look at
     from PIL import Image
 
