@@ -91,7 +91,7 @@ def test_flat_data_teach_nothing_the_test_asks_and_plant_no_difference():
 
 
 def test_expected_scores_and_the_optimum_follow_from_the_parameters():
-    params = PlantedParams()  # 60 facts x 6 copies per source, budget 360
+    params = PlantedParams()  # 30 facts x 6 copies per source, budget 180
     k, n = params.facts * params.copies, params.budget
     seen_all = 1 - math.prod((k - n - j) / (k - j) for j in range(params.copies))
     seen_half = 1 - math.prod((k - n / 2 - j) / (k - j) for j in range(params.copies))

@@ -91,9 +91,9 @@ TRANSLATED_TEST_ASK = "Quelle valeur va avec le marqueur {m} dans ce contexte ?"
 class PlantedParams:
     seed: int = 0
     flat: bool = False
-    facts: int = 60  # facts per source (the native test set asks 3 x facts mcqu items)
+    facts: int = 30  # facts per source (the native test set asks 3 x facts mcqu items)
     copies: int = 6  # distinct training rows per fact
-    budget: int = 360  # training examples per run (mix.budget of the known-answer experiments)
+    budget: int = 180  # training examples per run (mix.budget of the known-answer experiments)
     transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
     wrong_rate: float = 0.2  # synthetic: share of its facts taught with a wrong letter
 
