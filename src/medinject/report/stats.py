@@ -28,9 +28,10 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
   replicate. Items are drawn once per replicate and shared by every point (all runs are scored on the
   same test items, so a hard item is hard for every point); seeds are drawn within each point (each
   point's runs are separate trainings).
-* `adjust_pvalues`: a family of p-values corrected for multiplicity, by Holm's step-down method
-  (family-wise error rate, valid under any dependence between the tests) or Benjamini-Hochberg's
-  step-up method (false discovery rate, valid for independent or positively dependent tests).
+* `adjust_pvalues`: a family of p-values corrected for multiplicity (statsmodels' `multipletests`),
+  by Holm's step-down method (family-wise error rate, valid under any dependence between the tests)
+  or Benjamini-Hochberg's step-up method (false discovery rate, valid for independent or positively
+  dependent tests).
 
 Every function is deterministic for a given `seed` (numpy `default_rng`) and vectorised over
 replicates; replicates are drawn in chunks only to bound memory.
@@ -45,12 +46,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from statsmodels.stats.multitest import multipletests
+
 from medinject.report.power import SeedPool, paired_t
 
 ScoreTable = Mapping[int, Mapping[Hashable, float]]
 """Scores of one config and metric: {seed: {item key: score}}; NaN or a missing key means no score."""
 
 _CHUNK_CELLS = 4_000_000  # floats drawn at once by a bootstrap (~32 MB)
+_MULTITEST = {"holm": "holm", "bh": "fdr_bh"}  # our names -> statsmodels' `multipletests` methods
 
 
 @dataclass(frozen=True)
@@ -245,22 +249,15 @@ def bootstrap_point_means(matrices: list[np.ndarray], n_resamples: int = 2000, s
 
 def adjust_pvalues(p_values, method: str = "holm") -> np.ndarray:
     """Multiplicity-adjusted p-values of one family (module doc), in the input order; NaN entries stay
-    NaN and are not counted in the family. `method`: `holm` or `bh` (Benjamini-Hochberg)."""
+    NaN and are not counted in the family. `method`: `holm` or `bh` (Benjamini-Hochberg), computed by
+    statsmodels' `multipletests`."""
+    if method not in _MULTITEST:
+        raise ValueError(f"unknown multiplicity correction {method!r} (holm or bh)")
     p = np.asarray(p_values, dtype=float).ravel()
     adjusted = np.full(p.shape, np.nan)
-    present = np.flatnonzero(np.isfinite(p))
-    m = present.size
-    if m == 0:
-        return adjusted
-    order = present[np.argsort(p[present], kind="stable")]
-    ranked = p[order]
-    if method == "holm":  # p_(i) * (m - i + 1), made non-decreasing
-        values = np.maximum.accumulate(ranked * (m - np.arange(m)))
-    elif method == "bh":  # p_(i) * m / i, made non-increasing from the largest down
-        values = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
-    else:
-        raise ValueError(f"unknown multiplicity correction {method!r} (holm or bh)")
-    adjusted[order] = np.minimum(values, 1.0)
+    present = np.isfinite(p)
+    if present.any():
+        adjusted[present] = multipletests(p[present], method=_MULTITEST[method])[1]
     return adjusted
 
 
