@@ -28,6 +28,8 @@ def compose(corpus: str, cache: str, budget: int, extra: list[str]):
 
     import medinject.config as config
 
+    config.register()
+
     with initialize_config_dir(config_dir=config.conf_dir(), version_base="1.3"):
         return hydra_compose(
             "train",

@@ -38,6 +38,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import medinject.config as config
+
+    config.register()
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
     from medinject.model.load import attach_adapter, load_tokenizer_and_model

@@ -77,6 +77,8 @@ def compose(args):
 
     import medinject.config as config
 
+    config.register()
+
     cuda = args.device == "cuda"
     overrides = [
         "paths.output_dir=" + str(Path(args.cache) / "unused-output"),

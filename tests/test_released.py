@@ -47,8 +47,9 @@ def test_new_tokens_follow_the_protocol():
 
 def test_the_old_protocol_names_are_accepted_with_one_deprecation_line(caplog):
     import medinject.config as config
+    from medinject.config import enums
 
-    config._warned.clear()
+    enums._warned.clear()
     with caplog.at_level("WARNING", logger="medinject.config"):
         assert compose_cfg("eval.protocol=released").eval.protocol == config.EvalProtocol.strict
         assert compose_cfg("eval.protocol=medinject").eval.protocol == config.EvalProtocol.lenient

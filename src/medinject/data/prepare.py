@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig
 
-from medinject.config import TaskType, conf_dir, to_container
+from medinject.config import TaskType, conf_dir, register, to_container
 from medinject.data.duplicates import handle_duplicates
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
@@ -201,6 +201,8 @@ def main() -> None:
     import hydra
 
     from medinject.util.cli import exit_on_compose_error, exit_on_user_error
+
+    register()
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
     @exit_on_user_error

@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from hydra import compose, initialize_config_dir
 
-        from medinject.config import conf_dir
+        from medinject.config import conf_dir, register
         from medinject.data.prepare import load_test_sets
         from medinject.eval.runner import eval_items
 
+        register()
         try:
             with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
                 cfg = compose("train", overrides=args.overrides)

@@ -116,12 +116,13 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from medinject.config import check_settings, conf_dir, to_container
+    from medinject.config import check_settings, conf_dir, register, to_container
 
     out_dir = Path(out_dir).resolve()
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
     label = name or Path(model.rstrip("/")).name
+    register()
     try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             cfg = compose("train", overrides=["data=base", *overrides])
