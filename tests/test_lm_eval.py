@@ -46,7 +46,7 @@ def test_lm_eval_agrees_with_em_loglik_on_every_mcqu_item_of_both_protocols(trai
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     assert cfg.adapter.quantization is not None  # the 4-bit base of a QLoRA run, as medinject evaluates it
     model = PeftModel.from_pretrained(base, str(trained_run / "adapter"))
-    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()})
+    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()})
 
     ours = {}
     for protocol in (EvalProtocol.strict, EvalProtocol.lenient):

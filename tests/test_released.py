@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from medinject.config import DataSettings
 from conftest import compose_cfg
 from medinject.eval.decoding import decode_choices, generate, option_token_ids
 from medinject.eval.judge import RELEASED_SYSTEM_PROMPT, Judge, parse_verdict_released
@@ -279,7 +280,7 @@ def test_padding_free_batches_are_exact_with_the_loss_over_whole_sequences():
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     module = InstructionDataModule(cfg, tokenizer, prepared.examples[:6], prepared.manifest["files"])
     module.setup("fit")
     features = [module.train_set[i] for i in range(6)]

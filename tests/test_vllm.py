@@ -41,7 +41,7 @@ def both():
     for name, p in model.named_parameters():  # non-zero B matrices: the adapter changes the outputs
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
-    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()})
+    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()})
     hf = Evaluator(cfg).run(model, tokenizer, items)
     with torch.no_grad():  # the adapter matters: without it the constrained first-step logits differ
         with model.disable_adapter():

@@ -44,6 +44,7 @@ from medinject.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
+from medinject.config.stages import DataSettings, EvalSettings, TrainSettings
 from medinject.config.store import conf_dir, register, sample_data_dir
 
 __all__ = [
@@ -55,5 +56,6 @@ __all__ = [
     "AdapterConfig", "ContaminationConfig", "DataConfig", "EvalConfig", "JudgeConfig", "MixConfig", "ModelConfig", "OptimConfig",
     "PathsConfig", "PlanConfig", "PlantedConfig", "PromptConfig", "ReportConfig", "RunConfig", "SourceConfig", "TinyModelSpec",
     "TrackingConfig", "TrainerConfig",
+    "DataSettings", "EvalSettings", "TrainSettings",
     "conf_dir", "register", "sample_data_dir",
 ]  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Sequence
 
-from omegaconf import DictConfig
+from medinject.config import EvalSettings
 
 
 def per_prompt(limit: int | Sequence[int], n: int) -> list[int]:
@@ -28,18 +28,18 @@ class Engine(ABC):
     temporary copy of the model) goes when it closes."""
 
     @classmethod
-    def refusal(cls, cfg: DictConfig) -> str | None:
+    def refusal(cls, cfg: EvalSettings) -> str | None:
         """Why this backend cannot evaluate the run `cfg` describes (the fallback backend of
         `medinject.eval.backends` then does, and the run says so in one line), or None."""
         return None
 
     @classmethod
-    def check(cls, cfg: DictConfig) -> None:
+    def check(cls, cfg: EvalSettings) -> None:
         """Before training: refuse, in one line naming the key, what would stop this backend later."""
 
     @classmethod
     @abstractmethod
-    def for_run(cls, model, tokenizer, cfg: DictConfig) -> Engine:
+    def for_run(cls, model, tokenizer, cfg: EvalSettings) -> Engine:
         """The engine over a run's model as it is in memory (trained adapter included)."""
 
     @abstractmethod

