@@ -1,10 +1,10 @@
 """The data stage up to the token level: load -> validate -> decontaminate -> mix, plus its records.
 
 `prepare_data(DataSettings.of(cfg))` is what a run calls (the data stage reads only those settings);
-`python -m medinject.data.prepare [overrides]` (same config as train.py) runs only this stage and writes `manifest.json` and `contamination.json` in its output dir.
-The result is cached under `<cache_dir>/selections/<key>/` (parquet + meta.json), the key made of
-every file's content hash and every parameter that affects it, so a rerun with unchanged inputs
-skips the work.
+`python -m medinject.data.prepare [overrides]` (same config as train.py) runs only this stage and
+writes `manifest.json` and `contamination.json` in its output dir. The result is cached under
+`<cache_dir>/selections/<key>/` (parquet + meta.json), the key made of every file's content hash
+and every parameter that affects it, so a rerun with unchanged inputs skips the work.
 """
 
 from __future__ import annotations
