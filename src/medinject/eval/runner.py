@@ -2,13 +2,12 @@
 
 Under the run's protocol (`eval.protocol`, `medinject.eval.protocol`; README "Evaluation"): multiple
 choice (mcqu, mcq) is decoded twice, greedy and constrained to the protocol's allowed tokens; letters
-are read with the protocol's rule; EM is set equality, Hamming is reported
-for mcq only; the probability of each option at the first answer step is kept (softmax over the
-option letters' tokens) and `em_loglik` scores its argmax on mcqu items (no extra model call). Open
-answers (oeq): greedy generation, BLEU, ROUGE, METEOR, BERTScore, the judge when one is configured,
-answer-length statistics and a length-controlled judge score. Prompts, new tokens and allowed tokens
-follow the protocol too. Every metric goes through an `evaluate` module shipped in this package
-(`eval/metrics/`).
+are read with the protocol's rule; EM is set equality, Hamming is reported for mcq only; the
+probability of each option at the first answer step is kept (softmax over the option letters'
+tokens) and `em_loglik` scores its argmax on mcqu items (no extra model call). Open answers (oeq):
+greedy generation, BLEU, ROUGE, METEOR, BERTScore, the judge when one is configured, answer-length
+statistics and a length-controlled judge score. Prompts and new tokens follow the protocol too.
+Every metric goes through an `evaluate` module shipped in this package (`eval/metrics/`).
 
 Generation backend (`eval.backend`): an engine of `medinject.eval.backends` (`medinject.eval.engine`),
 given the same prompts, limits and allowed tokens whichever it is.
@@ -20,9 +19,9 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import NamedTuple
 from importlib.resources import files
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -38,6 +37,7 @@ from medinject.eval.protocols import protocol_for
 from medinject.util.errors import UserError
 
 log = logging.getLogger(__name__)
+
 
 def metric_module(name: str) -> str:
     return str(files("medinject") / "eval" / "metrics" / name)
@@ -97,11 +97,6 @@ def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int)
         if chunk:
             means.append(sum(v for _, v in chunk) / len(chunk))
     return sum(means) / len(means)
-
-
-def item_prompts(cfg: EvalSettings, tokenizer, items: list[Example]) -> list[str]:
-    """Each item's prompt under `eval.protocol` (for every generation backend)."""
-    return protocol_for(cfg.eval.protocol).prompts(tokenizer, items, cfg.prompt)
 
 
 def evaluation_record(cfg: EvalSettings) -> dict:
