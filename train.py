@@ -6,8 +6,11 @@ Composes `conf/train.yaml` and hands the config to `medinject.run.run`, which do
 import hydra
 from omegaconf import DictConfig
 
+from medinject.config import register
 from medinject.run import run
 from medinject.util.cli import exit_on_compose_error, exit_on_user_error
+
+register()  # the schema and resolvers, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

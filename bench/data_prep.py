@@ -28,6 +28,8 @@ def compose(corpus: str, cache: str, budget: int, extra: list[str]):
 
     import medinject.config as config
 
+    config.register()
+
     with initialize_config_dir(config_dir=config.conf_dir(), version_base="1.3"):
         return hydra_compose(
             "train",
@@ -45,13 +47,14 @@ def compose(corpus: str, cache: str, budget: int, extra: list[str]):
 def measure(corpus: str, cache: str, budget: int, extra: list[str]) -> dict:
     """One pass in this process (called in a child)."""
     from medinject.train.datamodule import tokenized_dataset
+    from medinject.config import DataSettings
     from medinject.data.prepare import prepare_data
     from medinject.model.load import load_tokenizer_and_model
 
     cfg = compose(corpus, cache, budget, extra)
     tokenizer, _ = load_tokenizer_and_model(cfg.model, compose(corpus, cache, budget, ["adapter=lora"]).adapter)
     start = time.perf_counter()
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     selected = time.perf_counter()
     dataset, stats, hit = tokenized_dataset(prepared.examples, prepared.manifest["files"], tokenizer, cfg)
     done = time.perf_counter()

@@ -38,6 +38,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     import medinject.config as config
+
+    config.register()
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import Evaluator, eval_items
     from medinject.model.load import attach_adapter, load_tokenizer_and_model
@@ -65,7 +67,7 @@ def main() -> None:
             torch.nn.init.normal_(p, std=0.05)
     if args.device != "cpu":
         model.to(args.device)
-    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
     items = eval_items(cfg, test_rows)
     n_items = sum(len(v) for by_task in items.values() for v in by_task.values())
 

@@ -77,6 +77,8 @@ def compose(args):
 
     import medinject.config as config
 
+    config.register()
+
     cuda = args.device == "cuda"
     overrides = [
         "paths.output_dir=" + str(Path(args.cache) / "unused-output"),
@@ -191,12 +193,13 @@ class Meter:
 
 def load(cfg):
     from medinject.train.datamodule import InstructionDataModule
+    from medinject.config import DataSettings
     from medinject.data.prepare import prepare_data
     from medinject.model.load import attach_adapter, load_tokenizer_and_model
 
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     model = attach_adapter(base, cfg.adapter, cfg.trainer.gradient_checkpointing)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     datamodule = InstructionDataModule(cfg, tokenizer, prepared.examples, prepared.manifest["files"])
     datamodule.setup("fit")
     return tokenizer, model, datamodule
@@ -326,6 +329,7 @@ def child(args) -> dict:
 def prepare(args) -> None:
     """Build the model and fill the token cache outside the timed children."""
     from medinject.train.datamodule import tokenized_dataset
+    from medinject.config import DataSettings
     from medinject.data.prepare import prepare_data
     from medinject.model.tiny import ensure_tiny
 
@@ -342,7 +346,7 @@ def prepare(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     _, stats, _ = tokenized_dataset(prepared.examples, prepared.manifest["files"], tokenizer, cfg)
     print(f"data: {stats['examples']} examples, {stats['tokens']} tokens (max length {args.max_length}); model {args.model} at {cfg.model.path}", flush=True)
 

@@ -16,7 +16,9 @@ os.environ["MEDINJECT_CACHE"] = tempfile.mkdtemp(prefix="medinject-test-cache-")
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import medinject.config  # noqa: E402,F401  (registers the schema)
+import medinject.config  # noqa: E402
+
+medinject.config.register()  # the schema and resolvers, as every entry point registers them before composing
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -240,7 +240,7 @@ def test_evaluate_refuses_a_bad_override_or_a_missing_device_before_loading(trai
     run_dir = _damaged_copy(trained_run, tmp_path)
     before = (run_dir / "results.json").read_text()
     line = _one_line(_cli("-m", "medinject.eval", str(run_dir), "eval.protocol=bogus"))
-    assert line == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"
+    assert line == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [lenient, strict]"
     n = _cuda_devices()
     line = _one_line(_cli("-m", "medinject.eval", str(run_dir), f"eval.device=cuda:{n}"))
     assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine")
@@ -292,7 +292,7 @@ REFUSED = [
     (["optim.lrr=1"], "optim.lrr: not a setting; optim has: lr, weight_decay, betas, warmup_ratio"),
     (["optim.lr=abc"], "optim.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["model=nope"], "model: no option 'nope'; available: qwen3_4b_instruct, tiny, tiny_vllm"),
-    (["eval.protocol=bogus"], "eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"),
+    (["eval.protocol=bogus"], "eval.protocol: Invalid value 'bogus', expected one of [lenient, strict]"),
     # settings and prerequisites, before the data stage
     (["trainer.precision=banana"], "trainer.precision: 'banana' is not a Lightning precision; allowed: transformer-engine, "
                                    "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16"),
@@ -328,7 +328,7 @@ def test_compose_errors_keep_hydras_text_above_the_line(tmp_path):
     assert "HYDRA_FULL_ERROR" not in result.stderr
     assert not (tmp_path / "run").exists()
     prepare = _cli("-m", "medinject.data.prepare", "eval.protocol=bogus", f"hydra.run.dir={tmp_path}/run")  # the other composing tool
-    assert _one_line(prepare) == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [medinject, released]"
+    assert _one_line(prepare) == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [lenient, strict]"
     swept = _cli("train.py", "-m", "optim.lrr=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
     assert _one_line(swept) == "medinject: error: optim.lrr: not a setting; optim has: lr, weight_decay, betas, warmup_ratio"
 

@@ -4,6 +4,7 @@ the same examples padded."""
 import pytest
 import torch
 
+from medinject.config import DataSettings
 from conftest import compose_cfg
 from medinject.train.datamodule import InstructionDataModule, collate_padded, collate_padding_free
 from medinject.data.prepare import prepare_data
@@ -18,7 +19,7 @@ def loaded():
     for name, p in model.named_parameters():  # make the adapters matter for the comparison
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    return cfg, tokenizer, model.eval(), prepare_data(cfg)
+    return cfg, tokenizer, model.eval(), prepare_data(DataSettings.of(cfg))
 
 
 def _pad_fraction(cfg, tokenizer, prepared, batching):

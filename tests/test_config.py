@@ -112,3 +112,41 @@ def test_cli_misspelled_key_fails_before_running():
     result = _cli("trainer.max_stepz=3")
     assert result.returncode != 0
     assert "Key 'max_stepz' not in 'TrainerConfig'" in result.stderr
+
+
+def test_every_range_is_a_field_of_the_schema_and_refuses_a_value_outside_it():
+    """The ranges are metadata of the schema's fields (config/schema.py): each names a key the
+    composed config has, holds its default, and refuses in one line naming the key."""
+    from dataclasses import make_dataclass
+
+    from omegaconf import OmegaConf
+
+    from medinject.config import check_settings, ranged_keys, setting
+    from medinject.config.fields import AT_LEAST_ONE, schema_fields
+    from medinject.util.errors import UserError
+
+    cfg = compose_cfg("experiment=smoke")
+    keys = dict(ranged_keys())
+    assert {"optim.lr", "trainer.batch_size", "eval.limit", "data.contamination.threshold", "plan.tokens_per_second"} <= set(keys)
+    for key, allowed in keys.items():
+        missing = object()
+        value = OmegaConf.select(cfg, key, default=missing)
+        assert value is not missing, key
+        assert allowed.test(value), (key, value)
+    broken = cfg.copy()
+    broken.eval.length_bins = 0
+    with pytest.raises(UserError, match=r"^eval\.length_bins: 0 is out of range; allowed: an integer >= 1$"):
+        check_settings(broken)
+    # a field renamed in a schema takes its range along: the walk finds it under the new name
+    renamed = make_dataclass("Renamed", [("bins_per_answer", int, setting(4, allowed=AT_LEAST_ONE))])
+    assert [(name, f.metadata["allowed"]) for name, f, _ in schema_fields(renamed)] == [("bins_per_answer", AT_LEAST_ONE)]
+
+
+def test_importing_the_config_package_registers_nothing_register_does():
+    code = ("from hydra.core.config_store import ConfigStore; from omegaconf import OmegaConf; import medinject.config as c; "
+            "before = ('run_schema.yaml' in ConfigStore.instance().repo, OmegaConf.has_resolver('medinject.run_name')); "
+            "c.register(); c.register(); "
+            "print(before, ('run_schema.yaml' in ConfigStore.instance().repo, OmegaConf.has_resolver('medinject.run_name')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(False, False) (True, True)"

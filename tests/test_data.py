@@ -5,6 +5,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
+from medinject.config import DataSettings
 from conftest import compose_cfg
 from medinject.config import MixConfig, SourceConfig, sample_data_dir
 from medinject.data.mix import select
@@ -91,7 +92,7 @@ def test_missing_field_and_broken_json_are_reported(tmp_path):
 def test_missing_source_file_names_the_config_key(tmp_path):
     cfg = compose_cfg(f"data.sources.native.files=[{tmp_path}/absent.jsonl]")
     with pytest.raises(UserError, match=r"^data.sources.native.files: file not found: .*absent.jsonl$"):
-        prepare_data(cfg)
+        prepare_data(DataSettings.of(cfg))
 
 
 def _sources():

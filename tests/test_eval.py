@@ -218,3 +218,17 @@ def test_both_decoders_stop_on_the_generation_configs_eos_as_vllm_does(tiny):
         assert greedy == [tokenizer.decode([first], skip_special_tokens=True)]
     finally:
         model.generation_config.eos_token_id = saved
+
+
+def test_every_protocol_and_backend_value_has_its_registered_class():
+    from medinject.config import EvalBackend, EvalProtocol
+    from medinject.eval.backends import BACKENDS, FALLBACK
+    from medinject.eval.engine import Engine
+    from medinject.eval.protocol import Protocol
+    from medinject.eval.protocols import PROTOCOLS, protocol_for
+
+    assert set(PROTOCOLS) == set(EvalProtocol) and set(BACKENDS) == set(EvalBackend) and FALLBACK in BACKENDS
+    for name, kind in PROTOCOLS.items():
+        assert issubclass(kind, Protocol) and kind.name == name and protocol_for(name.value).name == name
+    assert all(issubclass(kind, Engine) for kind in BACKENDS.values())
+    assert BACKENDS[FALLBACK].refusal(compose_cfg("adapter=qlora")) is None  # the fallback evaluates any run

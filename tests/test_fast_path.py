@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from medinject.config import DataSettings
 from conftest import compose_cfg
 
 from medinject.train.datamodule import (
@@ -42,7 +43,7 @@ def _model(cfg):
 def setup():
     cfg = compose_cfg(*OVERRIDES)
     tokenizer, model = _model(cfg)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     module = InstructionDataModule(cfg, tokenizer, prepared.examples, prepared.manifest["files"])
     module.setup("fit")
     # examples of different lengths, so a whole-row attention would differ from a per-example one
@@ -160,7 +161,7 @@ class _MaskCounts(L.Callback):
 def test_token_counters_equal_the_attention_masks_of_the_batches_trained(batching, tmp_path):
     cfg = compose_cfg(*OVERRIDES, f"data.batching={batching}", "trainer.batch_size=6", "trainer.accumulate_grad_batches=2")
     tokenizer, model = _model(cfg)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     datamodule = InstructionDataModule(cfg, tokenizer, prepared.examples, prepared.manifest["files"])
     module = AdapterFineTuning(model, cfg.optim)
     reference = _MaskCounts()

@@ -46,10 +46,10 @@ def test_lm_eval_agrees_with_em_loglik_on_every_mcqu_item_of_both_protocols(trai
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter)
     assert cfg.adapter.quantization is not None  # the 4-bit base of a QLoRA run, as medinject evaluates it
     model = PeftModel.from_pretrained(base, str(trained_run / "adapter"))
-    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()})
+    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()})
 
     ours = {}
-    for protocol in (EvalProtocol.released, EvalProtocol.medinject):
+    for protocol in (EvalProtocol.strict, EvalProtocol.lenient):
         with open_dict(cfg):
             cfg.eval.protocol = protocol
         _, records = Evaluator(cfg).run(model, tokenizer, items)
@@ -59,7 +59,7 @@ def test_lm_eval_agrees_with_em_loglik_on_every_mcqu_item_of_both_protocols(trai
     assert (tmp_path / "tasks" / "README.md").read_text().count("HFLM(pretrained=model") == 1
 
     wanted = [n for n in names if n.endswith("_mcqu_loglik")] + [n for n in names if n.endswith("_mcqu_generate")]
-    assert len(wanted) == 2 * len(items) + len(items)  # both protocols' loglik tasks, the released generate ones
+    assert len(wanted) == 2 * len(items) + len(items)  # both protocols' loglik tasks, the strict generate ones
     out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), tasks=wanted,
                                   task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True)
     compared = worst = 0
@@ -77,7 +77,7 @@ def test_lm_eval_agrees_with_em_loglik_on_every_mcqu_item_of_both_protocols(trai
                 for letter, p in zip(doc["options"], softmax):
                     worst = max(worst, abs(p / sum(softmax) - mine["option_probabilities"][letter]))
                 compared += 1
-            else:  # the released greedy generation (1 new token) read with the strict rule
+            else:  # the strict (released) greedy generation (1 new token) read with the strict rule
                 assert sample["filtered_resps"][0] == mine["prediction"], (name, doc["id"], sample["resps"], mine["output"])
                 assert sample["em"] == float(mine["em"])
         if kind == "loglik":
@@ -92,13 +92,13 @@ def test_the_task_folder_command_writes_every_task_and_says_where(tmp_path):
     result = subprocess.run([sys.executable, "-m", "medinject.eval.lm_eval_tasks", str(tmp_path / "tasks"), "eval.limit=2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().startswith("12 lm-eval tasks -> ")  # 2 test sets x (2 tasks x 2 protocols + 2 released generate tasks)
+    assert result.stdout.strip().startswith("12 lm-eval tasks -> ")  # 2 test sets x (2 tasks x 2 protocols + 2 strict generate tasks)
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(tmp_path / "tasks"))
     found = {name for name in manager.all_tasks if name.startswith("medinject_")}
-    assert len(found) == 12 and "medinject_released_native_mcq_generate" in found
-    rows = [json.loads(line) for line in (tmp_path / "tasks" / "data" / "released_native_mcq.jsonl").read_text().splitlines()]
+    assert len(found) == 12 and "medinject_strict_native_mcq_generate" in found
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "data" / "strict_native_mcq.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(row["gold"], list) and row["prompt"].endswith("assistant\n") for row in rows)
 
 

@@ -9,6 +9,7 @@ the batch; it must compute the output projection only at labelled positions.
 import pytest
 import torch
 import torch.nn.functional as F
+from medinject.config import DataSettings
 from conftest import compose_cfg
 from test_fast_path import OVERRIDES, _model
 
@@ -22,7 +23,7 @@ from medinject.train.loss import causal_lm_loss, linear_cross_entropy
 def setup():
     cfg = compose_cfg(*OVERRIDES)
     tokenizer, model = _model(cfg)  # the adapter with non-zero B matrices, as in test_fast_path
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     module = InstructionDataModule(cfg, tokenizer, prepared.examples, prepared.manifest["files"])
     module.setup("fit")
     completion_only = [module.train_set[i] for i in range(0, 48, 8)]

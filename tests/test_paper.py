@@ -42,7 +42,7 @@ def test_the_paper_experiment_is_the_released_setup_for_every_configuration(data
     assert cfg.prompt.system == "" and not any(cfg.prompt.task_hints.values())  # the item's own turns only
     assert sorted(cfg.eval.test_sets) == ["native", "translated"]
     assert [task.value for task in cfg.eval.tasks] == ["mcqu", "mcq", "oeq"]  # open answers evaluated, not trained on
-    assert cfg.eval.protocol.value == "released"
+    assert cfg.eval.protocol.value == "strict"
     assert cfg.eval.judge.backend.value == "local" and cfg.eval.judge.model == "google/medgemma-27b-text-it"
     assert cfg.eval.judge.rubric.value == "released" and cfg.eval.judge.batch_size == 4
     assert cfg.hydra.sweeper.params.data == "glob(*)"  # `-m experiment=paper` sweeps the seven and the base model

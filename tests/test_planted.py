@@ -13,6 +13,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from medinject.config import DataSettings
 from conftest import CONF, ROOT, compose_cfg
 from hydra import compose, initialize_config_dir
 
@@ -117,7 +118,7 @@ def test_expected_scores_and_the_optimum_follow_from_the_parameters():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_provenance_config_prepares_the_planted_data(tmp_path, config):
     cfg = compose_cfg("experiment=known_answer", f"data={config}", f"paths.cache_dir={tmp_path}")
-    prepared = prepare_data(cfg)  # generates the data (absent) and reads it through the real data stage
+    prepared = prepare_data(DataSettings.of(cfg))  # generates the data (absent) and reads it through the real data stage
     folder = Path(cfg.paths.sample_data)
     assert folder.parent == tmp_path / "planted" and (folder / "truth.json").is_file()
     assert prepared.manifest["n_examples"] == cfg.planted.budget == cfg.mix.budget

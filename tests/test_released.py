@@ -1,4 +1,4 @@
-"""The study's released protocol next to medinject's (../shared/study.md): allowed tokens and new
+"""The study's released protocol (`strict`) next to medinject's (`lenient`): allowed tokens and new
 tokens, per-item limits in the shared prefill, the released judge under left padding, METEOR against
 nltk, a released smoke run read back item by item, `experiment=paper` as released (the batches of a
 shrunk paper run), and a per-source layout with chat items."""
@@ -11,16 +11,16 @@ import lightning as L
 import pytest
 import torch
 
+from medinject.config import DataSettings
 from conftest import compose_cfg
-from medinject.config import EvalProtocol
-from medinject.eval import decoding
-from medinject.eval.decoding import AllowedTokens, decode_choices, generate, new_tokens, option_token_ids
+from medinject.eval.decoding import decode_choices, generate, option_token_ids
 from medinject.eval.judge import RELEASED_SYSTEM_PROMPT, Judge, parse_verdict_released
 from medinject.eval.letters import join_letters, parse_letters_released
+from medinject.eval.protocols import protocol_for, strict
 from medinject.eval.runner import metric_module
 from medinject.run import run
 
-RELEASED, MEDINJECT = EvalProtocol.released, EvalProtocol.medinject
+RELEASED, MEDINJECT = protocol_for("strict"), protocol_for("lenient")
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,33 @@ def _ids(tokenizer, text):
 
 
 def test_new_tokens_follow_the_protocol():
-    assert [new_tokens(RELEASED, t, 5, 8) for t in ("mcqu", "mcq", "oeq")] == [1, 10, 512]
-    assert new_tokens(RELEASED, "mcq", 4, 8) == 8
-    assert [new_tokens(MEDINJECT, t, 5, 8) for t in ("mcqu", "mcq")] == [8, 8]
+    settings = compose_cfg("eval.max_new_tokens=8", "eval.oeq_max_new_tokens=100").eval
+    assert [RELEASED.new_tokens(t, 5, settings) for t in ("mcqu", "mcq", "oeq")] == [1, 10, 512]
+    assert RELEASED.new_tokens("mcq", 4, settings) == 8
+    assert [MEDINJECT.new_tokens(t, 5, settings) for t in ("mcqu", "mcq", "oeq")] == [8, 8, 100]
+
+
+def test_the_old_protocol_names_are_accepted_with_one_deprecation_line(caplog):
+    import medinject.config as config
+    from medinject.config import enums
+
+    enums._warned.clear()
+    with caplog.at_level("WARNING", logger="medinject.config"):
+        assert compose_cfg("eval.protocol=released").eval.protocol == config.EvalProtocol.strict
+        assert compose_cfg("eval.protocol=medinject").eval.protocol == config.EvalProtocol.lenient
+        compose_cfg("eval.protocol=released")  # once per name
+    assert [r.getMessage() for r in caplog.records] == [
+        "eval.protocol=released is deprecated: it is now eval.protocol=strict",
+        "eval.protocol=medinject is deprecated: it is now eval.protocol=lenient",
+    ]
+    assert config.run_key(compose_cfg("eval.protocol=released")) == config.run_key(compose_cfg("eval.protocol=strict"))
+    assert type(protocol_for("released")).__name__ == "StrictProtocol"
 
 
 def test_released_allowed_tokens_are_the_released_set_with_no_grammar(tiny):
     _, tokenizer, _ = tiny
     options = [("A", "B", "C"), ("A", "B", "C", "D", "E")]
-    released = AllowedTokens.for_items(tokenizer, options, RELEASED)
+    released = RELEASED.allowed_tokens(tokenizer, options)
     for row, opts in enumerate(options):
         expected = {_ids(tokenizer, x)[-1] for x in opts} | {_ids(tokenizer, f" {x}")[-1] for x in opts}
         expected |= {_ids(tokenizer, s)[-1] for s in (",", ", ", " ", ",\n")}
@@ -60,7 +78,7 @@ def test_released_allowed_tokens_are_the_released_set_with_no_grammar(tiny):
     letter = _ids(tokenizer, "A")[0]
     first = released.mask(None, vocab, "cpu")
     assert torch.equal(first, released.mask([letter, letter], vocab, "cpu"))  # a letter may follow a letter
-    ours = AllowedTokens.for_items(tokenizer, options, MEDINJECT)
+    ours = MEDINJECT.allowed_tokens(tokenizer, options)
     assert ours.mask([letter, letter], vocab, "cpu")[0, letter].item()  # medinject: no letter right after a letter
 
 
@@ -69,7 +87,7 @@ def test_shared_prefill_with_per_item_limits_equals_separate_generate_calls(tiny
     options = [("A", "B", "C", "D")] * 2 + [("A", "B", "C", "D", "E")] * 3
     limits = [1, 2 * 4, 1, 2 * 5, 3]
     prompts = [f"<|im_start|>user\n{'Question longue sur le traitement. ' * n}Réponse ?<|im_end|>\n<|im_start|>assistant\n" for n in (1, 5, 2, 9, 3)]
-    constraint = AllowedTokens.for_items(tokenizer, options, RELEASED)
+    constraint = RELEASED.allowed_tokens(tokenizer, options)
     letters = [option_token_ids(tokenizer, opts) for opts in options]
     greedy = generate(model, tokenizer, prompts, 1, limits, "g")
     constrained, first = generate(model, tokenizer, prompts, 1, limits, "c", constraint, letters)
@@ -178,12 +196,12 @@ def _records(out_dir) -> list[dict]:
 
 def test_released_smoke_run_reads_every_item_by_the_released_rule(smoke_cfg, monkeypatch, tiny):
     _, tokenizer, _ = tiny
-    monkeypatch.setattr(decoding, "RELEASED_OEQ_NEW_TOKENS", 12)  # 512 random tokens per answer is minutes on CPU
-    cfg = smoke_cfg("eval=judge", "eval.protocol=released", "eval.judge.rubric=released", "eval.limit=4", "trainer.max_steps=4")
+    monkeypatch.setattr(strict, "OEQ_NEW_TOKENS", 12)  # 512 random tokens per answer is minutes on CPU
+    cfg = smoke_cfg("eval=judge", "eval.protocol=strict", "eval.judge.rubric=released", "eval.limit=4", "trainer.max_steps=4")
     result = run(cfg)
     metrics = result["metrics"]
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
-    assert results["eval"]["protocol"] == "released" and results["eval"]["judge"]["rubric"] == "released"
+    assert results["eval"]["protocol"] == "strict" and results["eval"]["judge"]["rubric"] == "released"
     records = _records(cfg.paths.output_dir)
     for test_set in ("native", "translated"):
         for task in ("mcqu", "mcq"):
@@ -262,7 +280,7 @@ def test_padding_free_batches_are_exact_with_the_loss_over_whole_sequences():
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     module = InstructionDataModule(cfg, tokenizer, prepared.examples[:6], prepared.manifest["files"])
     module.setup("fit")
     features = [module.train_set[i] for i in range(6)]
@@ -318,12 +336,12 @@ def _write_layout(root: Path) -> None:
 
 
 def test_a_per_source_layout_with_chat_items_loads_trains_and_evaluates(tmp_path, monkeypatch):
-    monkeypatch.setattr(decoding, "RELEASED_OEQ_NEW_TOKENS", 8)
+    monkeypatch.setattr(strict, "OEQ_NEW_TOKENS", 8)
     root = tmp_path / "MedInjection-FR"
     _write_layout(root)
     cfg = compose_cfg(
         "experiment=smoke", "logger=csv", "trainer.enable_progress_bar=false", f"paths.medinjection={root}", "data=native",
-        "~eval.test_sets.translated", "mix.budget=24", "trainer.max_steps=2", "eval.limit=3", "eval.protocol=released",
+        "~eval.test_sets.translated", "mix.budget=24", "trainer.max_steps=2", "eval.limit=3", "eval.protocol=strict",
         output_dir=tmp_path / "run",
     )
     result = run(cfg)
@@ -355,7 +373,7 @@ def test_the_report_puts_both_protocols_side_by_side(tmp_path):
     expected = {}
     for config in ("native", "synthetic"):
         for seed in (1, 2):
-            for protocol, offset in (("medinject", 0), ("released", 1)):
+            for protocol, offset in (("medinject", 0), ("released", 1)):  # runs recorded before the rename
                 run_dir = sweep / f"{config}-s{seed}-{protocol}"
                 run_dir.mkdir(parents=True)
                 ems = [float((i + seed + offset) % 3 == 0) for i in range(6)]  # per item, differs by protocol
@@ -364,7 +382,8 @@ def test_the_report_puts_both_protocols_side_by_side(tmp_path):
                 metrics = {"eval/native/mcqu/em": sum(ems) / 6, "eval/native/mcqu/em_constrained": 1.0, "eval/native/mcqu/n": 6.0}
                 results = {"status": "completed", "data": {"config": config, "seed": seed}, "metrics": metrics, "eval": {"protocol": protocol, "judge": None}}
                 (run_dir / "results.json").write_text(json.dumps(results))
-                expected.setdefault((config, f"eval/native/mcqu/em@{protocol}"), []).extend(ems)
+                current = {"medinject": "lenient", "released": "strict"}[protocol]
+                expected.setdefault((config, f"eval/native/mcqu/em@{current}"), []).extend(ems)
     build_report(sweep, baseline="native", n_resamples=100)
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     found = {(r["config"], r["metric"]): r for r in rows if r["metric"].startswith("eval/")}
@@ -372,7 +391,7 @@ def test_the_report_puts_both_protocols_side_by_side(tmp_path):
         assert float(found[key]["mean"]) == pytest.approx(sum(ems) / len(ems))  # each protocol's own items
         assert found[key]["n_seeds"] == "2"
     metrics_in_order = list(dict.fromkeys(r["metric"] for r in rows if r["metric"].startswith("eval/")))
-    assert metrics_in_order[:2] == ["eval/native/mcqu/em@medinject", "eval/native/mcqu/em@released"]  # side by side
+    assert metrics_in_order[:2] == ["eval/native/mcqu/em@lenient", "eval/native/mcqu/em@strict"]  # side by side
     assert "eval/native/mcqu/em" not in {r["metric"] for r in rows}
 
 
@@ -401,13 +420,13 @@ def test_reevaluating_a_run_under_the_released_protocol_records_it(smoke_cfg):
     saved["eval"]["judge"]["rubric"] = saved["eval"]["judge"].pop("medinject_rubric")  # as runs before the choice wrote it
     (out / "config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True))
     before = json.loads((out / "results.json").read_text())
-    assert before["eval"]["protocol"] == "medinject"
+    assert before["eval"]["protocol"] == "lenient"
     first = _records(out)  # em_loglik under medinject's protocol too: the argmax of the first-step probabilities
     assert all(r["prediction_loglik"] == max(r["option_probabilities"], key=r["option_probabilities"].get) for r in first)
     assert before["metrics"]["eval/native/mcqu/em_loglik"] == pytest.approx(sum(r["em_loglik"] for r in first if r["test_set"] == "native") / 3)
-    metrics = reevaluate(out, ["eval.protocol=released"])
+    metrics = reevaluate(out, ["eval.protocol=strict"])
     after = json.loads((out / "results.json").read_text())
-    assert after["eval"]["protocol"] == "released" and after["metrics"]["eval/native/mcqu/em"] == metrics["eval/native/mcqu/em"]
+    assert after["eval"]["protocol"] == "strict" and after["metrics"]["eval/native/mcqu/em"] == metrics["eval/native/mcqu/em"]
     records = _records(out)
     assert all(r["prediction"] == join_letters(parse_letters_released(r["output"], r["options"], single=True)) for r in records)
     assert all("<|im_start|>system" not in r["prompt"] for r in records)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
+from medinject.config import DataSettings
 from conftest import CONF, ROOT, compose_cfg
 from medinject.config import SourceConfig, sample_data_dir
 from medinject.data.prepare import prepare_data
@@ -83,7 +84,7 @@ def test_all_loaders_normalize_identical_content_to_identical_records(tmp_path):
 def test_all_layout_test_split_and_paths_medinjection_feed_a_run(tmp_path):
     _write_all_layout(tmp_path, _rows("native") + _rows("synthetic") + _rows("translated"), _rows("native", "test") + _rows("translated", "test"))
     cfg = compose_cfg(f"paths.medinjection={tmp_path}", "data=native+translated", f"paths.cache_dir={tmp_path}/cache", "mix.budget=40")
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     assert prepared.manifest["counts"].keys() == {"native", "translated"}
     assert {name: len(rows) for name, rows in prepared.test_rows.items()} == {"native": 126, "translated": 126}
     assert all(path.startswith(str(tmp_path / "ALL")) for path in prepared.manifest["files"])
@@ -162,7 +163,7 @@ BAD_CONFIGS = [
 def test_bad_data_settings_are_one_line_errors(tmp_path, overrides, message):
     cfg = compose_cfg(*overrides, f"paths.cache_dir={tmp_path}/cache")
     with pytest.raises(UserError, match=message) as err:
-        prepare_data(cfg)
+        prepare_data(DataSettings.of(cfg))
     assert "\n" not in str(err.value)
     assert not (tmp_path / "cache" / "selections").exists() or not any((tmp_path / "cache" / "selections").iterdir())
 
@@ -205,7 +206,7 @@ def test_skip_mode_drops_bad_rows_and_counts_them_in_the_manifest(tmp_path):
     lines = [json.dumps(r, ensure_ascii=False) for r in good] + [json.dumps({**GOOD, "answer": "Z"}), "{oops", json.dumps({**GOOD, "answer": "Z"})]
     (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = compose_cfg(f"data.sources.native.files=[{tmp_path}/mixed.jsonl]", "data.on_bad_row=skip", f"paths.cache_dir={tmp_path}/cache")
-    manifest = prepare_data(cfg).manifest
+    manifest = prepare_data(DataSettings.of(cfg)).manifest
     skipped = manifest["sources"]["native"]["skipped_bad_rows"]
     assert skipped["field 'answer': Z not among the options ABC"] == 2
     assert sum(skipped.values()) == 3
@@ -225,19 +226,19 @@ def test_planted_test_questions_are_found_dropped_and_counted(tmp_path):
     rows = _rows("native") + planted
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     overrides = [f"data.sources.native.files=[{tmp_path}/train.jsonl]", f"paths.cache_dir={tmp_path}/cache", "mix=natural"]
-    prepared = prepare_data(compose_cfg(*overrides))
+    prepared = prepare_data(DataSettings.of(compose_cfg(*overrides)))
     report = prepared.contamination
     native = next(s for s in report["sources"] if s["source"] == "native")
     assert native["contaminated"] == 2 and report["dropped"] == 2
     assert native["by_test_set"]["translated"]["exact"] == 1 and native["by_test_set"]["translated"]["near"] == 1
     assert len(prepared.examples) == len(_rows("native"))
     assert prepared.manifest["contaminated_rows"] == {"native": 2}
-    kept = prepare_data(compose_cfg(*overrides, "data.decontaminate=false"))
+    kept = prepare_data(DataSettings.of(compose_cfg(*overrides, "data.decontaminate=false")))
     assert len(kept.examples) == len(rows) and kept.contamination["action"] == "reported only"
 
 
 def test_bundled_sample_is_clean():
-    prepared = prepare_data(compose_cfg("data=native+synthetic+translated", "mix=natural", "data.cache=false"))
+    prepared = prepare_data(DataSettings.of(compose_cfg("data=native+synthetic+translated", "mix=natural", "data.cache=false")))
     assert prepared.contamination["dropped"] == 0
 
 
@@ -246,26 +247,26 @@ def test_bundled_sample_is_clean():
 
 def test_equal_budget_gives_every_one_of_the_seven_configs_exactly_n(tmp_path):
     for name in [n for n in DATA_CONFIGS if n != "base"]:  # base trains on nothing (tests/test_base_model.py)
-        prepared = prepare_data(compose_cfg(f"data={name}", "mix.budget=100", "data.cache=false", "seed=5"))
+        prepared = prepare_data(DataSettings.of(compose_cfg(f"data={name}", "mix.budget=100", "data.cache=false", "seed=5")))
         per_source = {o: sum(c.values()) for o, c in prepared.manifest["counts"].items()}
         assert sum(per_source.values()) == 100, name
         k = len(name.split("+"))
         assert set(per_source) == set(name.split("+")) and all(abs(n - 100 / k) <= 1 for n in per_source.values())
-        again = prepare_data(compose_cfg(f"data={name}", "mix.budget=100", "data.cache=false", "seed=5"))
+        again = prepare_data(DataSettings.of(compose_cfg(f"data={name}", "mix.budget=100", "data.cache=false", "seed=5")))
         assert again.manifest["selected_ids_sha256"] == prepared.manifest["selected_ids_sha256"]
 
 
 def test_task_balance_balanced_splits_each_share_across_tasks():
-    prepared = prepare_data(compose_cfg("data=native+synthetic", "mix.budget=90", "mix.task_balance=balanced", "data.cache=false"))
+    prepared = prepare_data(DataSettings.of(compose_cfg("data=native+synthetic", "mix.budget=90", "mix.task_balance=balanced", "data.cache=false")))
     assert prepared.manifest["counts"] == {"native": {"mcq": 15, "mcqu": 15, "oeq": 15}, "synthetic": {"mcq": 15, "mcqu": 15, "oeq": 15}}
 
 
 def test_weighted_mix_follows_weights_and_repeats_only_when_allowed():
     cfg = compose_cfg("data=native+synthetic", "mix=weighted", "mix.weights={native:0.7,synthetic:0.3}", "mix.budget=101", "data.cache=false")
-    counts = {o: sum(c.values()) for o, c in prepare_data(cfg).manifest["counts"].items()}
+    counts = {o: sum(c.values()) for o, c in prepare_data(DataSettings.of(cfg)).manifest["counts"].items()}
     assert counts == {"native": 71, "synthetic": 30}
     cfg = compose_cfg("mix=weighted", "mix.weights={native:1.0}", "mix.budget=400", "mix.allow_repeat=true", "data.cache=false")
-    examples = prepare_data(cfg).examples
+    examples = prepare_data(DataSettings.of(cfg)).examples
     assert len(examples) == 400 and len({e.id for e in examples}) == 155
 
 
@@ -282,10 +283,10 @@ def test_selection_and_token_caches_are_keyed_by_content(tmp_path):
     cfg = compose_cfg(*overrides)
     tokenizer, _ = load_tokenizer_and_model(compose_cfg().model, compose_cfg("adapter=lora").adapter)
 
-    first = prepare_data(cfg)
+    first = prepare_data(DataSettings.of(cfg))
     _, _, hit = tokenized_dataset(first.examples, first.manifest["files"], tokenizer, cfg)
     assert not hit
-    again = prepare_data(cfg)
+    again = prepare_data(DataSettings.of(cfg))
     assert again.manifest == first.manifest
     _, _, hit = tokenized_dataset(again.examples, again.manifest["files"], tokenizer, cfg)
     assert hit
@@ -293,7 +294,7 @@ def test_selection_and_token_caches_are_keyed_by_content(tmp_path):
     # one byte changed in a row the mix may not even select: a new selection and a new token set
     text = source.read_text(encoding="utf-8")
     source.write_text(text.replace("?", " ?", 1), encoding="utf-8")
-    edited = prepare_data(cfg)
+    edited = prepare_data(DataSettings.of(cfg))
     assert edited.manifest["files"] != first.manifest["files"]
     _, _, hit = tokenized_dataset(edited.examples, edited.manifest["files"], tokenizer, cfg)
     assert not hit
@@ -335,6 +336,6 @@ def test_a_user_test_set_in_an_eval_config_is_loaded_and_evaluated_per_task(tmp_
     )
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["eval=with_mine", "eval.tasks=[mcqu]", f"paths.cache_dir={tmp_path}/cache", "paths.output_dir=/tmp/unused"])
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     assert len(prepared.test_rows["mine"]) == 4
     assert [r.answer for r in eval_items(cfg, prepared.test_rows)["mine"]["mcqu"]] == ["A", "B", "A", "B"]

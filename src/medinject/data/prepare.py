@@ -1,10 +1,10 @@
 """The data stage up to the token level: load -> validate -> decontaminate -> mix, plus its records.
 
-`prepare_data(cfg)` is what a run calls; `python -m medinject.data.prepare [overrides]` (same config as
-train.py) runs only this stage and writes `manifest.json` and `contamination.json` in its output dir.
-The result is cached under `<cache_dir>/selections/<key>/` (parquet + meta.json), the key made of
-every file's content hash and every parameter that affects it, so a rerun with unchanged inputs
-skips the work.
+`prepare_data(DataSettings.of(cfg))` is what a run calls (the data stage reads only those settings);
+`python -m medinject.data.prepare [overrides]` (same config as train.py) runs only this stage and
+writes `manifest.json` and `contamination.json` in its output dir. The result is cached under
+`<cache_dir>/selections/<key>/` (parquet + meta.json), the key made of every file's content hash
+and every parameter that affects it, so a rerun with unchanged inputs skips the work.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig
 
-from medinject.config import TaskType, conf_dir, to_container
+from medinject.config import DataSettings, TaskType, conf_dir, register, to_container
 from medinject.data.duplicates import handle_duplicates
 from medinject.data.contamination import audit, contaminated_mask, report
 from medinject.data.mix import select
@@ -58,11 +58,11 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _source_fingerprint(cfg: DictConfig) -> dict:
+def _source_fingerprint(cfg: DataSettings) -> dict:
     """What the selection depends on besides file contents (resolved paths included)."""
     return {
         "sources": to_container(cfg.data.sources),
-        "test_sets": to_container(cfg.eval.test_sets),
+        "test_sets": to_container(cfg.test_sets),
         "medinjection": cfg.paths.medinjection,
         "on_bad_row": cfg.data.on_bad_row.value,
         "duplicates": cfg.data.duplicates.value,
@@ -74,7 +74,7 @@ def _source_fingerprint(cfg: DictConfig) -> dict:
     }
 
 
-def _load_all(cfg: DictConfig):
+def _load_all(cfg: DataSettings):
     train, tests, files, skipped = {}, {}, {}, {}
     for name, src in sorted(cfg.data.sources.items()):
         if src.origin is None:
@@ -84,13 +84,13 @@ def _load_all(cfg: DictConfig):
         pa.default_memory_pool().release_unused()
         files.update(loaded.files)
         log.info("source %s: %d rows%s", name, len(loaded.rows), f", {sum(loaded.skipped.values())} bad rows skipped" if loaded.skipped else "")
-    for name, loaded in load_test_sets(cfg).items():
+    for name, loaded in load_test_sets(cfg.test_sets, cfg.paths).items():
         tests[name] = loaded.rows
         files.update(loaded.files)
     return train, tests, files, skipped
 
 
-def _train_tasks_only(rows: Rows, cfg: DictConfig, name: str) -> Rows:
+def _train_tasks_only(rows: Rows, cfg: DataSettings, name: str) -> Rows:
     """The rows of the task types in `data.train_tasks` (the study trains on multiple choice only)."""
     tasks = {t.value for t in cfg.data.train_tasks}
     if not tasks:
@@ -103,9 +103,9 @@ def _train_tasks_only(rows: Rows, cfg: DictConfig, name: str) -> Rows:
     return kept
 
 
-def load_test_sets(cfg: DictConfig) -> dict[str, Loaded]:
+def load_test_sets(test_sets: dict[str, DictConfig], paths: DictConfig) -> dict[str, Loaded]:
     """Every test set of `eval.test_sets`, by name in name order; a bad row is always an error."""
-    return {name: load_source(src, cfg.paths, f"eval.test_sets.{name}") for name, src in sorted(cfg.eval.test_sets.items())}
+    return {name: load_source(src, paths, f"eval.test_sets.{name}") for name, src in sorted(test_sets.items())}
 
 
 def _read_cache(folder: Path) -> PreparedData:
@@ -137,9 +137,14 @@ def _write_cache(folder: Path, prepared: PreparedData) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    ensure_planted(cfg)  # known-answer data (a `planted` config) is generated into paths.sample_data when absent
-    cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), input_hashes(cfg))
+def prepare_data(cfg: DataSettings, hashes: dict[str, str] | None = None) -> PreparedData:
+    """The run's training examples and test rows, each file read once. `hashes`: the input files'
+    content hashes (`input_hashes`) when the caller has them, known-answer data already generated
+    (a run does both first); otherwise both are done here."""
+    if hashes is None:
+        ensure_planted(cfg)  # known-answer data (a `planted` config) is generated into paths.sample_data when absent
+        hashes = input_hashes(cfg)
+    cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), hashes)
     if cfg.data.cache and (cache / "meta.json").is_file():
         log.info("selection cache hit: %s", cache)
         return _read_cache(cache)
@@ -202,11 +207,13 @@ def main() -> None:
 
     from medinject.util.cli import exit_on_compose_error, exit_on_user_error
 
+    register()
+
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
     @exit_on_user_error
     def _prepare(cfg: DictConfig) -> None:
         out_dir = Path(cfg.paths.output_dir)
-        prepared = prepare_data(cfg)
+        prepared = prepare_data(DataSettings.of(cfg))
         write_records(prepared, out_dir)
         print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / 'manifest.json'}")
 

@@ -5,9 +5,9 @@ exactly the way it was taught.
 
 The conversation starts from the item's own turns: a chat item's messages (its assistant turns
 removed), or for a schema row one user turn, the instruction then the context (options included)
-separated by a blank line. medinject's protocol adds the configured system prompt (unless the item has
+separated by a blank line. The lenient protocol adds the configured system prompt (unless the item has
 its own) and the task hint at the end of the last user turn; with no system prompt and no hint (the
-released protocol, `experiment=paper`) the item's own turns are the whole prompt.
+strict protocol, `experiment=paper`) the item's own turns are the whole prompt.
 """
 
 from __future__ import annotations

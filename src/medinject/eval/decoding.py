@@ -1,8 +1,8 @@
-"""Batched greedy decoding with a KV cache: plain generation, and multiple-choice decoding that runs
-greedy and letter-constrained rows of the same prompts in the same forward passes (one prefill).
-
-What each protocol allows a constrained answer to hold, and how many new tokens it gets, is decided
-here and nowhere else (`AllowedTokens.for_items`, `new_tokens`): every generation backend asks these.
+"""Batched greedy decoding with a KV cache in transformers: plain generation, and multiple-choice
+decoding that runs greedy and letter-constrained rows of the same prompts in the same forward passes
+(one prefill); `AllowedTokens`, the constraint every backend applies. What a constraint holds and how
+many new tokens an answer gets are the protocol's (`medinject.eval.protocol`); the engine over these
+functions is `medinject.eval.hf_backend`.
 """
 
 from __future__ import annotations
@@ -13,26 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from medinject.config import EvalProtocol, TaskType
+from medinject.eval.engine import per_prompt
 from medinject.util.errors import UserError
-
-SEPARATORS = (",", " ", ", ")  # medinject: single-token separators only
-RELEASED_SEPARATORS = (",", ", ", " ", ",\n")  # released: the last token of each
-RELEASED_END_MARKS = ("eos", "eot", "im_end")  # released: special tokens whose text holds one of these
-RELEASED_OEQ_NEW_TOKENS = 512
-
-
-def new_tokens(protocol: EvalProtocol, task: str, n_options: int, configured: int) -> int:
-    """New tokens an answer may take. Released: 1 for a single answer, 2 per option for several
-    (a letter and a separator each), 512 for an open answer; medinject: the configured number."""
-    if protocol != EvalProtocol.released:
-        return configured
-    if task == TaskType.mcqu.value:
-        return 1
-    if task == TaskType.mcq.value:
-        return 2 * n_options
-    return RELEASED_OEQ_NEW_TOKENS
-
 
 def single_token(tokenizer, text: str) -> int | None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -69,41 +51,19 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return sorted({tokenizer.eos_token_id, *extra})
 
 
-def end_token_ids(tokenizer) -> list[int]:
-    """EOS and every special token whose text holds eos / eot / im_end (released allowed set)."""
-    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    ids = {tokenizer.convert_tokens_to_ids(t) for t in special if any(mark in t.lower() for mark in RELEASED_END_MARKS)}
-    return sorted(ids | {tokenizer.eos_token_id})
-
-
 class AllowedTokens(LogitsProcessor):
     """Every token outside each row's allowed set gets -inf: the row can only produce those tokens.
 
-    With `first` (medinject's protocol) a small grammar keeps the answer readable by the letter
+    With `first` (the lenient protocol's) a small grammar keeps the answer readable by the letter
     rule: the first step allows only `first` (the option letters), so an answer is never empty, and a
-    letter is always followed by a separator or the end, never by another letter. Without it
-    (released protocol) every step allows the same set."""
+    letter is always followed by a separator or the end, never by another letter. Without it (the
+    strict protocol) every step allows the same set."""
 
     def __init__(self, allowed: list[list[int]], first: list[list[int]] | None = None):
         self.allowed = [sorted(set(ids)) for ids in allowed]
         self.first = [sorted(set(ids)) for ids in first] if first is not None else None
         self.after_letter = [sorted(set(a) - set(f)) for a, f in zip(self.allowed, self.first)] if first is not None else None
         self.steps = 0
-
-    @classmethod
-    def for_items(cls, tokenizer, options: list[tuple[str, ...]], protocol: EvalProtocol) -> "AllowedTokens":
-        """The allowed tokens of each item (its option letters) under `protocol`.
-
-        released: the last token of "X" and of " X" for each option X, the last token of ",", ", ",
-        " ", ",\\n", and `end_token_ids`; no other rule. medinject: the single-token letters, the
-        single-token separators of SEPARATORS and EOS, with the letter grammar above."""
-        if protocol == EvalProtocol.released:
-            shared = {last_token(tokenizer, s) for s in RELEASED_SEPARATORS} | set(end_token_ids(tokenizer))
-            allowed = [sorted({last_token(tokenizer, text) for x in opts for text in (x, f" {x}")} | shared) for opts in options]
-            return cls(allowed)
-        separators = [t for t in (single_token(tokenizer, s) for s in SEPARATORS) if t is not None]
-        letters = [option_token_ids(tokenizer, opts) for opts in options]
-        return cls([ids + separators + [tokenizer.eos_token_id] for ids in letters], letters)
 
     def rows(self, indices: list[int]) -> "AllowedTokens":
         """The same constraint for a subset of the rows, in the order of `indices` (one batch)."""
@@ -140,10 +100,6 @@ def _encoded_batches(tokenizer, prompts: list[str], batch_size: int, device, des
         yield batch, tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
-def _limits(max_new_tokens: int | list[int], n: int) -> list[int]:
-    return list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -163,7 +119,7 @@ def generate(
     decoding is constrained by it and each prompt's raw first-step logits of its `letters` tokens are
     returned as well ({token id: logit}; never the whole vocabulary). The text is decoded from the
     generated tokens only, never from the prompt."""
-    limits = _limits(max_new_tokens, len(prompts))
+    limits = per_prompt(max_new_tokens, len(prompts))
     outputs: list[str] = [""] * len(prompts)
     first_step: list[dict[int, float]] = [{} for _ in prompts]
     device = next(model.parameters()).device
@@ -214,7 +170,7 @@ def decode_choices(
     A row stops at a `stop_token_ids` token or at its own limit (`max_new_tokens`, one for all or one
     per prompt). Returns (greedy texts, constrained texts, raw first-step logits of each prompt's
     `letters` as {token id: logit}), in the order of `prompts`."""
-    limits = _limits(max_new_tokens, len(prompts))
+    limits = per_prompt(max_new_tokens, len(prompts))
     greedy_out, constrained_out = [""] * len(prompts), [""] * len(prompts)
     first_logits: list[dict[int, float]] = [{} for _ in prompts]
     device = next(model.parameters()).device

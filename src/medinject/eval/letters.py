@@ -1,10 +1,11 @@
 """Reading option letters out of a model's answer, and scoring them, under either protocol.
 
-`parse_letters` is medinject's rule (`eval.protocol=medinject`), lenient with what a model writes
-around its letters; `parse_letters_released` is the study's released rule (`eval.protocol=released`),
-which empties any answer holding anything but option letters and a few separators.
+`parse_letters` is the lenient protocol's rule (`eval.protocol=lenient`), lenient with what a model
+writes around its letters; `parse_letters_released` is the study's released rule, the strict
+protocol's (`eval.protocol=strict`), which empties any answer holding anything but option letters and
+a few separators. Each protocol (`medinject.eval.protocols`) reads with its own.
 
-medinject's rule, applied in order to the generated text:
+The lenient rule, applied in order to the generated text:
 
 1. Only the first non-empty line is read (what follows is taken as explanation).
 2. A leading label "Réponse(s)" or "Answer(s)", followed by ":" or "-", is dropped.

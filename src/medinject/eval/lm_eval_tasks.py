@@ -3,17 +3,17 @@
 The config is composed as train.py composes it (the overrides choose the model, whose chat template
 renders the prompts, and the test sets, `eval.limit` included). OUT receives, for each test set:
 
-* `medinject_<protocol>_<set>_<task>_loglik` for mcqu and mcq under both protocols (released and
-  medinject): lm-eval's `multiple_choice` over the option letters, the context being medinject's exact
+* `medinject_<protocol>_<set>_<task>_loglik` for mcqu and mcq under both protocols (strict and
+  lenient): lm-eval's `multiple_choice` over the option letters, the context being medinject's exact
   prompt string for that protocol (chat template and generation prompt applied) and
   `target_delimiter: ""`, so each choice is scored as the letter right after the prompt. lm-eval moves
   the prompt's trailing newline into every continuation (`api/model.py`, `_encode_pair`), which adds
   the same term to every option: the argmax is medinject's `em_loglik` (mcqu). For mcq the gold is the
   set of correct letters and lm-eval's `acc` counts the argmax as right when it is one of them.
-* `medinject_released_<set>_<task>_generate`: the released protocol's greedy generation and strict
-  letter reading as far as lm-eval expresses them: `generate_until` (stop at EOS; 1 new token for
-  mcqu, 2 x the largest number of options for mcq), a `custom` filter that reads the letters with
-  medinject's released rule, and `process_results` scoring EM (and Hamming for mcq).
+* `medinject_strict_<set>_<task>_generate`: the strict (released) protocol's greedy generation and
+  letter reading as far as lm-eval expresses them: `generate_until` (stop at EOS; the protocol's
+  largest new-token budget among the task's items), a `custom` filter that reads the letters with
+  the strict rule, and `process_results` scoring EM (and Hamming for mcq).
 * `data/*.jsonl` (the items with their rendered prompts), `utils.py` (the filter and scoring, which
   import medinject's own letter rule) and a README.md on what cannot be expressed and how to run it.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from medinject.config import EvalProtocol, TaskType
+from medinject.config import TaskType
 from medinject.util.errors import UserError
 from medinject.util.io import write_text_atomic
 
@@ -96,11 +96,11 @@ results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokeniz
   `hamming_constrained`) restricts every generated token to the option letters, separators and end
   tokens of the item; `generate_until` has no per-step logits processor, so the `_generate` tasks give
   the greedy, unconstrained numbers only (`em`, `hamming`).
-- **The per-item token budget.** The released protocol gives an mcq item 2 x its own number of
-  options as new tokens; `generation_kwargs.max_gen_toks` is one number per task, so an mcq task uses
-  2 x the largest number of options of its items. Items with fewer options may then generate more
+- **The per-item token budget.** The strict protocol gives each mcq item its own budget
+  (`eval/protocols/strict.py`); `generation_kwargs.max_gen_toks` is one number per task, so an mcq
+  task uses the largest of its items'. Items with fewer options may then generate more
   than the released scripts let them; the strict reading usually empties such an answer.
-- **medinject's protocol under generation.** Its lenient letter reading and its grammar-constrained
+- **The lenient protocol under generation.** Its lenient letter reading and its grammar-constrained
   decoding have no lm-eval counterpart here; its multiple choice is written as log-likelihood tasks.
 - **The open answers (oeq)** and the LLM judge are not written.
 
@@ -160,34 +160,31 @@ def _task_yaml(name: str, data_file: Path, *, loglik: bool, max_gen_toks: int = 
 
 def write_tasks(cfg: DictConfig, tokenizer, test_items: dict[str, dict[str, list]], out: Path) -> list[str]:
     """Write the task folder; return the task names."""
-    from medinject.eval.runner import item_prompts
+    from medinject.eval.protocols import PROTOCOLS
 
     out = Path(out).resolve()
     (out / "data").mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    for protocol in (EvalProtocol.released, EvalProtocol.medinject):
-        proto_cfg = cfg.copy()
-        with open_dict(proto_cfg):
-            proto_cfg.eval.protocol = protocol
+    for protocol in sorted((kind() for kind in PROTOCOLS.values()), key=lambda p: not p.lm_eval_generate):
         for set_name, by_task in test_items.items():
             for task in CHOICE_TASKS:
                 items = by_task.get(task)
                 if not items:
                     continue
-                prompts = item_prompts(proto_cfg, tokenizer, items)
+                prompts = protocol.prompts(tokenizer, items, cfg.prompt)
                 rows = []
                 for item, prompt in zip(items, prompts):
                     gold = [item.options.index(letter) for letter in item.answer.replace(" ", "").split(",") if letter]
                     rows.append({"id": item.id, "prompt": prompt, "options": list(item.options), "answer": item.answer,
                                  "single": task == TaskType.mcqu.value, "gold": gold[0] if task == TaskType.mcqu.value else gold})
-                data_file = out / "data" / f"{protocol.value}_{set_name}_{task}.jsonl"
+                data_file = out / "data" / f"{protocol.name.value}_{set_name}_{task}.jsonl"
                 write_text_atomic(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                name = f"medinject_{protocol.value}_{set_name}_{task}_loglik"
+                name = f"medinject_{protocol.name.value}_{set_name}_{task}_loglik"
                 write_text_atomic(out / f"{name}.yaml", _task_yaml(name, data_file, loglik=True))
                 names.append(name)
-                if protocol == EvalProtocol.released:
-                    name = f"medinject_released_{set_name}_{task}_generate"
-                    budget = 1 if task == TaskType.mcqu.value else 2 * max(len(item.options) for item in items)
+                if protocol.lm_eval_generate:
+                    name = f"medinject_{protocol.name.value}_{set_name}_{task}_generate"
+                    budget = max(protocol.new_tokens(task, len(item.options), cfg.eval) for item in items)
                     write_text_atomic(out / f"{name}.yaml", _task_yaml(name, data_file, loglik=False, max_gen_toks=budget,
                                                                         eos=tokenizer.eos_token, multi=task == TaskType.mcq.value))
                     names.append(name)
@@ -219,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from hydra import compose, initialize_config_dir
 
-        from medinject.config import conf_dir
+        from medinject.config import conf_dir, register
         from medinject.data.prepare import load_test_sets
         from medinject.eval.runner import eval_items
 
+        register()
         try:
             with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
                 cfg = compose("train", overrides=args.overrides)
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.pop("hydra", None)
             cfg.eval.tasks = [t for t in cfg.eval.tasks if t.value in CHOICE_TASKS] or [TaskType.mcqu]
         tokenizer = _tokenizer(cfg.model)
-        rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+        rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
         names = write_tasks(cfg, tokenizer, eval_items(cfg, rows), args.out)
     except UserError as err:
         print(f"medinject: error: {err}", file=sys.stderr)

@@ -64,7 +64,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
         model = (base if untrained else PeftModel.from_pretrained(base, str(adapter))).to(device)
     except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
         raise UserError(f"{adapter}: cannot load the adapter ({one_line(err)}); the files are damaged") from None
-    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+    test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
     started = time.perf_counter()
     metrics, predictions = evaluate_model(model, tokenizer, cfg, eval_items(cfg, test_rows))  # eval.backend decides how
     write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)

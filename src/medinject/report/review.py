@@ -21,6 +21,9 @@ import random
 import sys
 from pathlib import Path
 
+from scipy.stats import spearmanr
+from sklearn.metrics import cohen_kappa_score
+
 from medinject.util.errors import UserError
 from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_text_atomic
 
@@ -85,33 +88,19 @@ def export(paths: list[Path], out: Path, per_run: int, seed: int) -> int:
 
 
 def cohen_kappa(a: list[int], b: list[int]) -> float:
-    n = len(a)
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    pa, pb = sum(a) / n, sum(b) / n
-    expected = pa * pb + (1 - pa) * (1 - pb)
-    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """Cohen's kappa of two raters (scikit-learn's); 1.0 when both gave one and the same rating to
+    every answer, where the chance agreement is 1 and kappa itself is 0 / 0."""
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(a, b))
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+    """Spearman's rank correlation (scipy's, ties at their mean rank); None when either side is
+    constant, where no correlation is defined."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
 
 
 def import_ratings(ratings_path: Path, key_path: Path) -> dict:

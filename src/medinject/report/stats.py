@@ -28,9 +28,10 @@ a single column. `score_matrix` builds one from `{seed: {item key: score}}`.
   replicate. Items are drawn once per replicate and shared by every point (all runs are scored on the
   same test items, so a hard item is hard for every point); seeds are drawn within each point (each
   point's runs are separate trainings).
-* `adjust_pvalues`: a family of p-values corrected for multiplicity, by Holm's step-down method
-  (family-wise error rate, valid under any dependence between the tests) or Benjamini-Hochberg's
-  step-up method (false discovery rate, valid for independent or positively dependent tests).
+* `adjust_pvalues`: a family of p-values corrected for multiplicity (the same values as statsmodels'
+  `multipletests`), by Holm's step-down method (family-wise error rate, valid under any dependence between the tests)
+  or Benjamini-Hochberg's step-up method (false discovery rate, valid for independent or positively
+  dependent tests).
 
 Every function is deterministic for a given `seed` (numpy `default_rng`) and vectorised over
 replicates; replicates are drawn in chunks only to bound memory.
@@ -44,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from scipy.stats import false_discovery_control
 
 from medinject.report.power import SeedPool, paired_t
 
@@ -245,22 +248,23 @@ def bootstrap_point_means(matrices: list[np.ndarray], n_resamples: int = 2000, s
 
 def adjust_pvalues(p_values, method: str = "holm") -> np.ndarray:
     """Multiplicity-adjusted p-values of one family (module doc), in the input order; NaN entries stay
-    NaN and are not counted in the family. `method`: `holm` or `bh` (Benjamini-Hochberg)."""
+    NaN and are not counted in the family. `method`: `holm` or `bh` (Benjamini-Hochberg, scipy's
+    `false_discovery_control`). Holm is the two lines below rather than statsmodels' `multipletests`,
+    which runs `gc.collect()` on every Holm call (statsmodels 0.15, stats/multitest.py): a tenth of a
+    second each in a process holding a model; tests/test_stats.py pins both to statsmodels."""
+    if method not in ("holm", "bh"):
+        raise ValueError(f"unknown multiplicity correction {method!r} (holm or bh)")
     p = np.asarray(p_values, dtype=float).ravel()
     adjusted = np.full(p.shape, np.nan)
     present = np.flatnonzero(np.isfinite(p))
-    m = present.size
-    if m == 0:
+    if present.size == 0:
+        return adjusted
+    if method == "bh":
+        adjusted[present] = false_discovery_control(p[present], method="bh")
         return adjusted
     order = present[np.argsort(p[present], kind="stable")]
-    ranked = p[order]
-    if method == "holm":  # p_(i) * (m - i + 1), made non-decreasing
-        values = np.maximum.accumulate(ranked * (m - np.arange(m)))
-    elif method == "bh":  # p_(i) * m / i, made non-increasing from the largest down
-        values = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
-    else:
-        raise ValueError(f"unknown multiplicity correction {method!r} (holm or bh)")
-    adjusted[order] = np.minimum(values, 1.0)
+    m = present.size  # p_(i) * (m - i + 1), made non-decreasing
+    adjusted[order] = np.minimum(np.maximum.accumulate(p[order] * (m - np.arange(m))), 1.0)
     return adjusted
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medinject.config import DataSettings
 from medinject.util.errors import UserError
 
 
@@ -59,10 +60,10 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         from medinject.data.prepare import load_test_sets
 
         # a wrong path or a bad row fails here, as for the others
-        test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg).items()}
+        test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
         examples = []
     else:
-        prepared = prepare_data(cfg)
+        prepared = prepare_data(DataSettings.of(cfg))
         examples, test_rows = prepared.examples, prepared.test_rows
     tokens, counted = _count_tokens(cfg, examples)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
+from medinject.config import TrainSettings
 from medinject.util.errors import UserError
 from medinject.util.io import write_json_atomic
 
@@ -40,7 +40,7 @@ class ProbeLoss(L.Callback):
         self.end = pl_module.mean_loss(self.loader)
 
 
-def user_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def user_callbacks(cfg: TrainSettings) -> list[L.Callback]:
     """Every node of `callbacks:` with a `_target_`, instantiated (lightning-hydra-template's habit):
     `+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping +callbacks.stop.monitor=train/loss`."""
     callbacks = []

@@ -25,10 +25,9 @@ from pathlib import Path
 import datasets
 import lightning as L
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from medinject.config import Batching, Overlong, to_container
+from medinject.config import Batching, Overlong, TrainSettings, to_container
 from medinject.data.prompts import IGNORE_INDEX, answer_frame, prompt_text
 from medinject.train.sampler import EpochBatches, ResumableLoader
 from medinject.data.rows import Example
@@ -47,7 +46,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((serialized + extra).encode()).hexdigest()
 
 
-def tokens_key(examples: list[Example], files: dict[str, str], tokenizer, cfg: DictConfig) -> str:
+def tokens_key(examples: list[Example], files: dict[str, str], tokenizer, cfg: TrainSettings) -> str:
     parts = [
         TOKENS_VERSION,
         [e.id for e in examples],
@@ -61,7 +60,7 @@ def tokens_key(examples: list[Example], files: dict[str, str], tokenizer, cfg: D
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datasets.Dataset, dict]:
+def tokenize(examples: list[Example], tokenizer, cfg: TrainSettings) -> tuple[datasets.Dataset, dict]:
     """input_ids / labels per example (datasets.map, batched), over-long ones cut or dropped."""
     system, hints = cfg.prompt.system, dict(cfg.prompt.task_hints)
     max_length, completion_only = cfg.data.max_length, cfg.data.completion_only_loss
@@ -98,7 +97,7 @@ def tokenize(examples: list[Example], tokenizer, cfg: DictConfig) -> tuple[datas
     return kept.remove_columns(["keep", "truncated"]), stats
 
 
-def tokenized_dataset(examples: list[Example], files: dict[str, str], tokenizer, cfg: DictConfig) -> tuple[datasets.Dataset, dict, bool]:
+def tokenized_dataset(examples: list[Example], files: dict[str, str], tokenizer, cfg: TrainSettings) -> tuple[datasets.Dataset, dict, bool]:
     """(dataset, stats, cache hit). Written to the cache beside its final place, then renamed in."""
     if not cfg.data.cache:
         dataset, stats = tokenize(examples, tokenizer, cfg)
@@ -158,7 +157,7 @@ def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 class InstructionDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DictConfig, tokenizer, examples: list[Example], files: dict[str, str]):
+    def __init__(self, cfg: TrainSettings, tokenizer, examples: list[Example], files: dict[str, str]):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from medinject.config import TrainSettings
 from medinject.data.rows import Example
 from medinject.train.callbacks import ProbeLoss, user_callbacks
 from medinject.train.checkpoints import checkpoint_callback, last_checkpoint
@@ -44,7 +45,7 @@ class Fitted:
     peak_gpu_memory_gib: float | None  # torch's peak allocated memory on the training GPU (None on CPU)
 
 
-def trainer_arguments(cfg: DictConfig) -> dict:
+def trainer_arguments(cfg: TrainSettings) -> dict:
     """The `L.Trainer` settings of every training run (fit() adds logging, checkpoints and cluster
     plugins; bench/train_throughput.py uses the same ones)."""
     t = cfg.trainer
@@ -67,7 +68,7 @@ def trainer_arguments(cfg: DictConfig) -> dict:
     )
 
 
-def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example], files: dict[str, str], resolved: dict) -> Fitted:
+def fit(cfg: TrainSettings, out_dir: Path, model, tokenizer, examples: list[Example], files: dict[str, str], resolved: dict) -> Fitted:
     _fit_threads(cfg.trainer.cpu_threads)
     datamodule = InstructionDataModule(cfg, tokenizer, examples, files)
     datamodule.setup("fit")

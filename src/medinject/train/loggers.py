@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from medinject.config import TrainSettings
 from medinject.util.cli import in_multirun
 from medinject.util.errors import UserError
 from medinject.util.io import write_text_atomic
@@ -33,7 +34,7 @@ def wandb_run_id(out_dir: Path) -> str:
     return run_id
 
 
-def make_loggers(cfg: DictConfig, out_dir: Path, resolved: dict) -> list:
+def make_loggers(cfg: TrainSettings, out_dir: Path, resolved: dict) -> list:
     from lightning.pytorch.loggers import WandbLogger
 
     loggers = []
@@ -51,7 +52,7 @@ def make_loggers(cfg: DictConfig, out_dir: Path, resolved: dict) -> list:
     return loggers
 
 
-def _wandb_arguments(cfg: DictConfig, node: DictConfig, out_dir: Path, resolved: dict) -> dict:
+def _wandb_arguments(cfg: TrainSettings, node: DictConfig, out_dir: Path, resolved: dict) -> dict:
     tags = [*sorted(cfg.data.sources), f"mix:{cfg.mix.strategy.value}", f"model:{cfg.model.name}", f"adapter:{cfg.adapter.name}", f"seed:{cfg.seed}"]
     return dict(
         name=f"{cfg.data.name}-seed{cfg.seed}",
