@@ -138,7 +138,7 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
 
 
 def load_model(cfg: DictConfig):
-    """(tokenizer, the base model with its adapter attached, what results.json records of it)."""
+    """(tokenizer, the base model with its adapter attached, what the run record says of it)."""
     tokenizer, base = load_tokenizer_and_model(cfg.model, cfg.adapter, cfg.trainer)
     model = attach_adapter(base, cfg.adapter, cfg.trainer.gradient_checkpointing)
     trainable, total = parameter_counts(model)
