@@ -37,6 +37,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's weights in an adapter fo
 ADAPTER_RUN_CONFIG = "medinject_config.yaml"  # the resolved config, beside the adapter it trained
 CHECKPOINTS = "checkpoints"  # Lightning's checkpoints
 PROBE_LOSS = "probe_loss_start.json"  # the probe loss before training, kept for a resumed run
+WANDB_ID = "wandb_id"  # the id of the directory's one W&B run, reused on resume and requeue
 LOCK = ".lock"  # one process runs in a directory at a time (medinject.util.lock)
 LOCK_OWNER = ".lock.owner"  # who holds the lock
 
