@@ -31,7 +31,7 @@ from omegaconf import DictConfig, open_dict
 from medinject.config import EvalProtocol, TaskType
 from medinject.util.cli import tool
 from medinject.util.errors import UserError
-from medinject.util.io import write_text_atomic
+from medinject.util.io import check_writable, write_text_atomic
 
 TAG = "medinject"
 CHOICE_TASKS = (TaskType.mcqu.value, TaskType.mcq.value)
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="the task folder to write (lm_eval --include_path OUT)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (model=..., eval.limit=..., ...)")
     args = parser.parse_args(argv)
+    check_writable(args.out)  # before the test sets and the tokenizer are loaded
     from hydra import compose, initialize_config_dir
 
     from medinject.config import conf_dir

@@ -21,8 +21,11 @@ def ending(err: BaseException, resumable: bool = False) -> tuple[int, str] | Non
     again = f"; {RESULTS} says so; rerun the same command to resume" if resumable else ""
     if isinstance(err, UserError):
         return 2, f"medinject: error: {err}"
-    if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
-        return 2, f"medinject: error: {err.filename or 'a file'}: {err.strerror}"
+    refused = err
+    while refused is not None and not isinstance(refused, OSError):  # e.g. logging's ValueError raised from the OSError
+        refused = refused.__cause__
+    if refused is not None and refused.errno in _DISK_ERRORS:
+        return 2, f"medinject: error: {refused.filename or 'a file'}: {refused.strerror}"
     if isinstance(err, Interrupted):
         return 128 + err.signum, f"medinject: interrupted: {err}{again}"
     if isinstance(err, KeyboardInterrupt):
