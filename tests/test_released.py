@@ -1,4 +1,4 @@
-"""The study's released protocol next to medinject's (../shared/study.md): allowed tokens and new
+"""The study's released protocol next to medinject's (README, "Evaluation"): allowed tokens and new
 tokens, per-item limits in the shared prefill, the released judge under left padding, METEOR against
 nltk, a released smoke run read back item by item, `experiment=paper` as released (the batches of a
 shrunk paper run), and a per-source layout with chat items."""

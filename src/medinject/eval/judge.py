@@ -43,7 +43,7 @@ def parse_verdict(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-# The released judge, in our words from its description (../shared/study.md): English, 1 new token.
+# The released judge, in our words from its description (README, "Evaluation": the two protocols): English, 1 new token.
 RELEASED_SYSTEM_PROMPT = (
     "You are a medical evaluator. Judge whether a candidate answer to a medical question is equivalent "
     "to the ground truth answer. Score 1 if it is equivalent: it covers the essential information the "
