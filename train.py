@@ -1,23 +1,12 @@
 """Hydra entry point: `python train.py [overrides]`, `python train.py -m data=native,synthetic ...`.
 
-Composes `conf/train.yaml` and hands the config to `medinject.run.run`, which does the whole run.
+Composes `conf/train.yaml` (the one beside this file) and hands the config to `medinject.run.run`,
+which does the whole run: the same app as `medinject train` (medinject.commands).
 """
 
-import hydra
-from omegaconf import DictConfig
+from pathlib import Path
 
-from medinject.config import register
-from medinject.run import run
-from medinject.util.cli import exit_on_compose_error, exit_on_user_error
-
-register()  # the schema and resolvers, before Hydra composes
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@exit_on_user_error
-def main(cfg: DictConfig) -> dict:
-    return run(cfg)
-
+from medinject.commands import train
 
 if __name__ == "__main__":
-    exit_on_compose_error(main)
+    train(config_dir=Path(__file__).resolve().parent / "conf")

@@ -1,8 +1,10 @@
 """Shared set-up: offline hub, offline W&B, one tiny model per test session, real configs shrunk."""
 
+import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,8 +33,37 @@ RESUMABLE = ("experiment=smoke", "logger=csv", "trainer.enable_progress_bar=fals
 # Modules whose every test runs something whole: CLI runs and sweeps, the SLURM cluster, Chromium, a vLLM
 # engine, lm-eval. With every `slow` test and the tests marked `e2e` in other modules they form the
 # end-to-end tier, which `make test-fast` leaves out.
-E2E_MODULES = {"test_base_model", "test_cli", "test_gpu", "test_lm_eval", "test_mixture_sweep", "test_report", "test_resume",
+E2E_MODULES = {"test_base_model", "test_cli", "test_gpu", "test_lm_eval", "test_mixture_sweep", "test_read_only", "test_report", "test_resume",
                "test_review", "test_run", "test_slurm", "test_summary", "test_sweep_progress", "test_vllm", "test_vllm_run", "test_wandb"}
+
+
+# A read-only directory for root, whom chmod does not stop: a read-only bind mount of it in a private
+# mount namespace, for the one command run there ($0 is the directory, "$@" the command).
+_READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+
+
+def cli(*args: str, read_only: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python ARGS...` run from the repository root as a user runs it (`train.py ...`, `-m medinject ...`);
+    with `read_only`, that directory is read-only for the command (the test is skipped, with the reason,
+    where this machine cannot make it so)."""
+    command = [sys.executable, *args]
+    if read_only is not None:
+        if (why := read_only_unavailable()) is not None:
+            pytest.skip(why)
+        command = ["unshare", "-m", "sh", "-c", _READ_ONLY, str(read_only), *command]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@functools.cache
+def read_only_unavailable() -> str | None:
+    """Why a directory cannot be made read-only here (no unshare, no permission to mount), or None."""
+    if shutil.which("unshare") is None:
+        return "no unshare on PATH (util-linux): cannot make a directory read-only"
+    probe = Path(tempfile.mkdtemp(prefix="medinject-ro-probe-"))
+    result = subprocess.run(["unshare", "-m", "sh", "-c", _READ_ONLY, str(probe), "sh", "-c", f"! touch {probe}/x"],
+                            capture_output=True, text=True, timeout=60)
+    shutil.rmtree(probe, ignore_errors=True)
+    return None if result.returncode == 0 else f"a read-only bind mount is not permitted here ({result.stderr.strip() or 'unshare -m failed'})"
 
 
 def pytest_collection_modifyitems(config, items):

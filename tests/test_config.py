@@ -1,3 +1,7 @@
+"""The configs: the seven provenance configs and the base model in conf/data/, every data and experiment
+file composes on the typed schema, the defaults, and a misspelled key, a wrong type or an unknown choice
+fails when the config is composed (in-process and through the CLI), before anything runs."""
+
 import shutil
 import subprocess
 import sys

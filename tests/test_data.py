@@ -1,3 +1,7 @@
+"""The data stage on the bundled sample: its sources and test sets, bad rows named by file, line and
+field, equal-budget and natural mixing (seeded, independent of source order), labels that mask the
+prompt, over-long examples cut or dropped and counted, padding and the chat template's answer frame."""
+
 import json
 from pathlib import Path
 

@@ -1,3 +1,7 @@
+"""The two letter rules: medinject's lenient reading and the released one (on a hand-worked table of
+outputs covering both verdicts), the exact-match and Hamming scores, and the letter_match evaluate
+module loaded offline from the package."""
+
 import evaluate
 import pytest
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medinject.report.build import DEMO_BANNER, build_report, load_runs
+from medinject.report.build import build_report
+from medinject.report.render import DEMO_BANNER
+from medinject.report.runs import load_runs
 from medinject.report.curves import fit_curves
 from medinject.report.dashboard import build_spec
 from medinject.report.mixture import fit_mixture

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from medinject.report.build import DEMO_BANNER
+from medinject.report.render import DEMO_BANNER
 
 SMALL = (  # the command, shrunk further so that the seven runs take seconds each
     "experiment=mixture_search",

@@ -1,3 +1,7 @@
+"""The model stage: the tiny Qwen3 built offline and loaded like a hub model, real 4-bit QLoRA layers
+(bitsandbytes on the CPU) where only the adapter trains, LoRA and DoRA shapes, the probe loss leaving
+gradients intact, and an unreadable model path as one clear error."""
+
 import bitsandbytes as bnb
 import pytest
 import torch

@@ -1,5 +1,6 @@
-"""The paper-scale study: `experiment=paper` composes the released setup (../shared/study.md) for all
-seven configurations, and its dry run plans the SLURM submission on a CPU machine without the model.
+"""The paper-scale study: `experiment=paper` composes the released setup (README, "Evaluation" and
+"Reproducing the study") for all seven configurations, and its dry run plans the SLURM submission on a
+CPU machine without the model.
 A shrunk paper run's batches are inspected in test_released.py."""
 
 import os

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from medinject.report import power
-from medinject.report.build import Run, report_statistics
+from medinject.report.cells import report_statistics
+from medinject.report.runs import Run
 from medinject.report.mixture import fit_mixture
 from medinject.report.stats import paired_difference
 
@@ -256,7 +257,7 @@ def test_a_one_seed_design_gets_its_optimum_from_a_pilot_sweep(tmp_path):
 
     from test_mixture import DESIGN as POINTS, counts_of, draws, surface, write_run
 
-    from medinject.report.build import main
+    from medinject.report.cli import main
 
     rng = np.random.default_rng(12)
     items = rng.normal(0, 0.1, 150)

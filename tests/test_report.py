@@ -262,7 +262,7 @@ def test_corrupt_results_json_is_a_one_line_error(report, tmp_path):
     bad.write_text('{"status": "completed", "metrics": ')
     result = _python("-m", "medinject.report", str(sweep))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"medinject: error: {bad}: not valid JSON (line 1, column 36)"
+    assert result.stderr.strip().splitlines()[-1] == f"medinject: error: {bad}: not valid JSON (Expecting value at line 1 column 36); the file is damaged"
     assert "Traceback" not in result.stderr
     assert not (sweep / "summary.csv").exists()
 

@@ -1,8 +1,9 @@
-"""One whole run, as the study does it: prepare data -> load model -> fit -> evaluate -> results.json.
+"""One whole run, as the study does it: prepare data -> load model -> fit -> evaluate -> the run record.
 
 `run(cfg)` is the only public entry. It owns the side effects that must happen exactly once per job
-(checking the run directory's inputs, closing the W&B run, writing `results.json`), so jobs of a
-multirun never share state; each stage is a function of its own package.
+(checking the run directory's inputs, closing the W&B run, writing the run record), so jobs of a
+multirun never share state; each stage is a function of its own package. What the run directory
+holds, and the shape of its records, is `medinject.util.rundir`'s.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ from medinject.train.loggers import finish_wandb, log_results
 from medinject.util.cluster import is_main_process
 from medinject.util.errors import Interrupted, UserError, one_line
 from medinject.util.lock import ending_signals, run_lock
-from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medinject.util import rundir
+from medinject.util.io import read_json, write_text_atomic
+from medinject.util.rundir import RunRecord
 
 log = logging.getLogger(__name__)
 
-INPUTS = "inputs.json"  # content hashes of the files this directory's checkpoints and results come from
 
+def run(cfg: DictConfig) -> RunRecord:
+    """Do one run and return its record (`rundir.RunRecord`: status, metrics, data, model, devices,
+    inputs, timing).
 
-def run(cfg: DictConfig) -> dict:
-    """Do one run and return its record (what `results.json` holds: status, metrics, data, model,
-    devices, inputs, timing).
-
-    `results.json` in `paths.output_dir` always ends up saying how the run ended, when the disk allows:
+    The run record in `paths.output_dir` always ends up saying how the run ended, when the disk allows:
     `completed` with metrics, `failed` with the error, or `interrupted` (a signal, Ctrl-C, a requeue)
     with the reason; never `completed` for a failure. One process at a time runs in a directory (a
     file lock). A directory whose run completed, with its results, predictions and adapter intact, is
@@ -45,21 +46,20 @@ def run(cfg: DictConfig) -> dict:
     main = is_main_process()  # with several processes (DDP), the first one speaks for the run
     with run_lock(out_dir, wait=cfg.wait_for_lock) if main else nullcontext(), ending_signals():
         done = _trusted_completed_record(out_dir)
-        record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
-                        "inputs": {}, "timing": {}}
+        record = rundir.new_record(out_dir)
         started = time.perf_counter()
         try:
             check_settings(cfg)  # before anything is read or loaded
             check_run_prerequisites(cfg)  # devices, the model folder and its context: still nothing loaded
             ensure_planted(cfg)  # known-answer data (a `planted` config): generated when absent
             record["inputs"] = input_hashes(DataSettings.of(cfg))  # the data stage reads these files; they are hashed once, here
-            check_inputs(_read_json(out_dir / INPUTS), record["inputs"], out_dir)
+            check_inputs(rundir.read_inputs(out_dir), record["inputs"], out_dir)
             if cfg.skip_completed and done:
                 log.info("%s already completed; skipped (skip_completed=false runs it again)", out_dir)
                 return {**done, "skipped": True}
             done = None  # from here on this run writes the directory's results
             if main:
-                write_json_atomic(out_dir / INPUTS, record["inputs"])
+                rundir.write_inputs(out_dir, record["inputs"])
             record["metrics"] = _execute(cfg, out_dir, record)
             record["status"] = "completed"
         except BaseException as err:
@@ -74,16 +74,16 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-def _write_final_record(out_dir: Path, record: dict) -> None:
-    """results.json, atomically; when the disk refuses even that, the run still ends with the error
+def _write_final_record(out_dir: Path, record: RunRecord) -> None:
+    """The run record, atomically; when the disk refuses even that, the run still ends with the error
     it had (no half-written file is left: the atomic writer removes its temporary file)."""
     try:
-        write_json_atomic(out_dir / "results.json", record)
+        rundir.write_results(out_dir, record)
     except OSError as err:
-        log.error("could not write %s: %s", out_dir / "results.json", err.strerror or err)
+        log.error("could not write %s: %s", out_dir / rundir.RESULTS, err.strerror or err)
 
 
-def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
+def _execute(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, float]:
     # torch, Lightning, transformers and peft are imported here, once the settings have been checked:
     # a refused setting answers in a second or two, not after the ~10 s these imports take
     import lightning as L
@@ -97,7 +97,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
     resolved = to_container(cfg)
     main = is_main_process()
     if main:
-        write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        write_text_atomic(out_dir / rundir.CONFIG, OmegaConf.to_yaml(resolved))
     if is_untrained(cfg):  # data=base: the base model as it is, evaluated as every fine-tuned run is
         return evaluate_untrained(cfg, out_dir, record)
 
@@ -121,14 +121,14 @@ def _execute(cfg: DictConfig, out_dir: Path, record: dict) -> dict[str, float]:
         record["devices"]["train"] = fitted.device
         if not fitted.is_main:  # the other data-parallel processes are done once training is
             return {}
-        save_adapter(fitted.model, tokenizer, out_dir / "adapter", resolved)
+        save_adapter(fitted.model, tokenizer, out_dir / rundir.ADAPTER, resolved)
 
     with _stage(record, "eval"):
         model = fitted.model.to(cfg.eval.device) if cfg.eval.device else fitted.model
         record["devices"]["eval"] = model_device(model)
         record["eval"] = evaluation_record(evaluation)  # protocol and judge rubric: what the eval/ numbers mean
         eval_metrics, predictions = evaluate_model(model, tokenizer, evaluation, test_items)
-        write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
+        rundir.write_predictions(out_dir, predictions)
 
     metrics = {
         "train/probe_loss_start": fitted.loss_start,
@@ -155,19 +155,11 @@ def _data_record(cfg: DictConfig, prepared: PreparedData) -> dict:
     }
 
 
-def _read_json(path: Path) -> dict | None:
-    """The file's JSON, or None when it is missing or damaged (a run that never got that far)."""
-    try:
-        return read_json(path)
-    except UserError:
-        return None
-
-
-def _trusted_completed_record(out_dir: Path) -> dict | None:
+def _trusted_completed_record(out_dir: Path) -> RunRecord | None:
     """The directory's completed record, when what a completed run leaves is all there and readable:
     results, predictions and the adapter. Otherwise None (the run is done again: it resumes from its
     last checkpoint, i.e. saves and evaluates again), with a line saying why."""
-    record = _read_json(out_dir / "results.json")
+    record = rundir.try_read_results(out_dir)
     if not record or record.get("status") != "completed":
         return None
     problem = _missing_outputs(out_dir, record)
@@ -177,27 +169,29 @@ def _trusted_completed_record(out_dir: Path) -> dict | None:
     return record
 
 
-def _missing_outputs(out_dir: Path, record: dict) -> str | None:
+def _missing_outputs(out_dir: Path, record: RunRecord) -> str | None:
     from safetensors import safe_open
 
     evaluated = sum(v for k, v in record.get("metrics", {}).items() if k.startswith("eval/") and k.endswith("/n"))
     try:
-        lines = read_jsonl(out_dir / "predictions.jsonl")
+        lines = rundir.read_predictions(out_dir)
     except UserError:
-        return "predictions.jsonl is missing or damaged"
+        return f"{rundir.PREDICTIONS} is missing or damaged"
     if len(lines) != evaluated:
-        return f"predictions.jsonl has {len(lines)} of its {evaluated:.0f} items"
+        return f"{rundir.PREDICTIONS} has {len(lines)} of its {evaluated:.0f} items"
     if record.get("model", {}).get("adapter", "") is None:  # the base model evaluated as it is: no adapter to trust
         return None
-    adapter = out_dir / "adapter"
-    if _read_json(adapter / "adapter_config.json") is None:
-        return "adapter/adapter_config.json is missing or damaged"
+    adapter = out_dir / rundir.ADAPTER
     try:
-        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
+        read_json(adapter / rundir.ADAPTER_CONFIG)
+    except UserError:
+        return f"{rundir.ADAPTER}/{rundir.ADAPTER_CONFIG} is missing or damaged"
+    try:
+        with safe_open(str(adapter / rundir.ADAPTER_WEIGHTS), framework="pt") as weights:
             for name in weights.keys():
                 weights.get_slice(name)
     except Exception:  # noqa: BLE001 - safetensors raises its own error types for missing and damaged files
-        return "adapter/adapter_model.safetensors is missing or damaged"
+        return f"{rundir.ADAPTER}/{rundir.ADAPTER_WEIGHTS} is missing or damaged"
     return None
 
 
@@ -210,7 +204,7 @@ def _stage(record: dict, name: str):
     except Exception as err:
         if (line := gpu_failure(name, err)) is None:
             raise
-        raise UserError(line) from err  # one line, like every other failure; results.json says failed
+        raise UserError(line) from err  # one line, like every other failure; the run record says failed
     record["timing"][name] = round(time.perf_counter() - start, 3)
 
 

@@ -66,7 +66,10 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
+from medinject.util.cli import tool
 from medinject.util.errors import UserError
+from medinject.util.io import check_writable
+from medinject.util.rundir import TRUTH
 
 SOURCES = ("native", "synthetic", "translated")
 LETTERS = "ABCDE"
@@ -74,7 +77,6 @@ CHANCE = 1 / len(LETTERS)
 METRIC = "eval/native/mcqu/em_loglik"
 VERSION = 3  # bump when the generated rows change
 PARAMS = "params.json"
-TRUTH = "truth.json"
 
 _SYLLABLES = ("ba", "ko", "ri", "tu", "ne", "za", "lo", "mi", "pu", "se", "da", "fi", "go", "ve", "xu", "ra", "no", "li")
 _SUFFIXES = ("ine", "ase", "ol", "ide", "ium", "ane")
@@ -262,7 +264,9 @@ def write(out: Path, params: PlantedParams) -> dict:
     rows = generate(params)
     planted = truth(params)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)
+    if out.is_dir():
+        check_writable(out)  # its files are replaced
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         for key, items in rows.items():
@@ -275,11 +279,20 @@ def write(out: Path, params: PlantedParams) -> dict:
             shutil.rmtree(out, ignore_errors=True)
         try:
             os.replace(staging, out)
-        except OSError:  # another job wrote it first: the same parameters give the same files
-            pass
+        except OSError as err:  # another job wrote it first (the same parameters give the same files), or a real failure
+            if _params(out) != {"version": VERSION, **asdict(params)}:
+                raise OSError(err.errno, err.strerror, str(out)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return planted
+
+
+def _params(out: Path) -> dict | None:
+    """The parameters the planted data in `out` was generated with; None when there is none."""
+    try:
+        return json.loads((out / PARAMS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def params_of(cfg) -> PlantedParams | None:
@@ -297,11 +310,7 @@ def ensure_planted(cfg) -> Path | None:
     if params is None:
         return None
     out = Path(cfg.paths.sample_data)
-    try:
-        current = json.loads((out / PARAMS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        current = None
-    if current != {"version": VERSION, **asdict(params)}:
+    if _params(out) != {"version": VERSION, **asdict(params)}:
         write(out, params)
     return out
 
@@ -310,6 +319,7 @@ def fingerprint(params: PlantedParams) -> str:
     return hashlib.sha256(json.dumps({"version": VERSION, **asdict(params)}, sort_keys=True).encode()).hexdigest()[:12]
 
 
+@tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medinject.data.planted", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the folder to write (replaced when it exists)")
@@ -324,10 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     budget = args.facts * args.copies if args.budget is None else args.budget
     params = PlantedParams(args.seed, args.flat, args.facts, args.copies, budget, args.transfer, args.wrong_rate)
-    try:
-        planted = write(args.out, params)
-    except UserError as err:
-        parser.exit(2, f"medinject: error: {err}\n")
+    planted = write(args.out, params)
     ranking = sorted(planted["expected"], key=lambda c: -planted["expected"][c])
     print(f"{args.out}: {planted['metric']} planted; ranking {' > '.join(ranking)}; optimum {planted['optimum']}")
 

@@ -32,6 +32,7 @@ from medinject.data.inputs import input_hashes
 from medinject.data.sources import Loaded, load_source
 from medinject.util.errors import UserError
 from medinject.util.io import write_json_atomic
+from medinject.util.rundir import CONTAMINATION, MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -198,26 +199,23 @@ def prepare_data(cfg: DataSettings, hashes: dict[str, str] | None = None) -> Pre
 
 
 def write_records(prepared: PreparedData, out_dir: Path) -> None:
-    write_json_atomic(out_dir / "manifest.json", prepared.manifest)
-    write_json_atomic(out_dir / "contamination.json", prepared.contamination)
+    write_json_atomic(out_dir / MANIFEST, prepared.manifest)
+    write_json_atomic(out_dir / CONTAMINATION, prepared.contamination)
 
 
-def main() -> None:
-    import hydra
+def _prepare_task(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.paths.output_dir)
+    prepared = prepare_data(DataSettings.of(cfg))
+    write_records(prepared, out_dir)
+    print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / MANIFEST}")
 
-    from medinject.util.cli import exit_on_compose_error, exit_on_user_error
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m medinject.data.prepare [overrides]` (`medinject prepare`): the data stage alone."""
+    from medinject.util.cli import hydra_app
 
     register()
-
-    @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
-    @exit_on_user_error
-    def _prepare(cfg: DictConfig) -> None:
-        out_dir = Path(cfg.paths.output_dir)
-        prepared = prepare_data(DataSettings.of(cfg))
-        write_records(prepared, out_dir)
-        print(f"{prepared.manifest['n_examples']} training examples {json.dumps(prepared.manifest['counts'])} -> {out_dir / 'manifest.json'}")
-
-    exit_on_compose_error(_prepare)
+    hydra_app(_prepare_task, conf_dir(), argv)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
 from medinject.config import TaskType
+from medinject.util.cli import tool
 from medinject.util.errors import UserError
-from medinject.util.io import write_text_atomic
+from medinject.util.io import check_writable, write_text_atomic
 
 TAG = "medinject"
 CHOICE_TASKS = (TaskType.mcqu.value, TaskType.mcq.value)
@@ -208,33 +208,31 @@ def _tokenizer(model_cfg: DictConfig):
         raise UserError(f"model.path: cannot load the tokenizer of {model_cfg.path!r}: {str(err).strip().splitlines()[0]}") from None
 
 
+@tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medinject.eval.lm_eval_tasks", description="Write medinject's test sets as lm-eval tasks.")
     parser.add_argument("out", type=Path, help="the task folder to write (lm_eval --include_path OUT)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (model=..., eval.limit=..., ...)")
     args = parser.parse_args(argv)
+    check_writable(args.out)  # before the test sets and the tokenizer are loaded
+    from hydra import compose, initialize_config_dir
+
+    from medinject.config import EvalSettings, conf_dir, register
+    from medinject.data.prepare import load_test_sets
+    from medinject.eval.runner import eval_items
+
+    register()
     try:
-        from hydra import compose, initialize_config_dir
-
-        from medinject.config import conf_dir, register
-        from medinject.data.prepare import load_test_sets
-        from medinject.eval.runner import eval_items
-
-        register()
-        try:
-            with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-                cfg = compose("train", overrides=args.overrides)
-        except Exception as err:  # noqa: BLE001 - Hydra's compose errors: one line
-            raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-            cfg.eval.tasks = [t for t in cfg.eval.tasks if t.value in CHOICE_TASKS] or [TaskType.mcqu]
-        tokenizer = _tokenizer(cfg.model)
-        rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
-        names = write_tasks(cfg, tokenizer, eval_items(cfg, rows), args.out)
-    except UserError as err:
-        print(f"medinject: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=args.overrides)
+    except Exception as err:  # noqa: BLE001 - Hydra's compose errors: one line
+        raise UserError(f"overrides: {str(err).splitlines()[0]}") from None
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        cfg.eval.tasks = [t for t in cfg.eval.tasks if t.value in CHOICE_TASKS] or [TaskType.mcqu]
+    tokenizer = _tokenizer(cfg.model)
+    rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
+    names = write_tasks(cfg, tokenizer, eval_items(EvalSettings.of(cfg), rows), args.out)
     print(f"{len(names)} lm-eval tasks -> {args.out.resolve()} (lm_eval --include_path {args.out.resolve()} --tasks {TAG})")
 
 

@@ -5,15 +5,14 @@
 
 The run's saved config and adapter are loaded, the overrides (dot-list, e.g.
 `eval.judge.backend=openai eval.judge.base_url=http://host:8000/v1 eval.judge.model=NAME`) applied,
-and the evaluation runs again. `predictions.jsonl` is replaced and the `eval/...` metrics of
-`results.json` are replaced by the new ones (both written atomically); the training metrics stay.
+and the evaluation runs again. The predictions are replaced and the `eval/...` metrics of the run
+record are replaced by the new ones (both written atomically); the training metrics stay.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -21,23 +20,26 @@ from omegaconf import OmegaConf
 
 from medinject.config import RunConfig, check_settings
 from medinject.model.preflight import check_run_prerequisites
+from medinject.util import rundir
+from medinject.util.cli import tool
 from medinject.util.errors import UserError, one_line
-from medinject.util.io import read_json, write_json_atomic, write_jsonl_atomic
+from medinject.util.io import check_writable
 
 log = logging.getLogger("medinject.eval")
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
-    results_path, config_path, adapter = run_dir / "results.json", run_dir / "config.yaml", run_dir / "adapter"
+    results_path, config_path, adapter = run_dir / rundir.RESULTS, run_dir / rundir.CONFIG, run_dir / rundir.ADAPTER
     for path in (results_path, config_path):
         if not path.exists():
             raise UserError(f"{run_dir}: not a trained run directory ({path.name} missing)")
-    results = read_json(results_path)
+    results = rundir.read_results(run_dir)
     untrained = (results.get("model") or {}).get("adapter", "") is None  # data=base: the base model, no adapter
-    if not untrained and not (adapter / "adapter_config.json").exists():
-        raise UserError(f"{run_dir}: not a trained run directory (adapter_config.json missing)")
+    if not untrained and not (adapter / rundir.ADAPTER_CONFIG).exists():
+        raise UserError(f"{run_dir}: not a trained run directory ({rundir.ADAPTER_CONFIG} missing)")
     if results.get("status") != "completed":
         raise UserError(f"{results_path}: status is {results.get('status')!r}; only completed runs can be re-evaluated")
+    check_writable(run_dir)  # its predictions and record are replaced: before the minutes evaluating takes
     saved = OmegaConf.load(config_path)
     judge = saved.get("eval", {}).get("judge", {})
     if isinstance(judge.get("rubric"), str) and judge.rubric not in ("released", "medinject"):
@@ -67,16 +69,17 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     test_rows = {name: loaded.rows.examples() for name, loaded in load_test_sets(cfg.eval.test_sets, cfg.paths).items()}
     started = time.perf_counter()
     metrics, predictions = evaluate_model(model, tokenizer, cfg, eval_items(cfg, test_rows))  # eval.backend decides how
-    write_jsonl_atomic(run_dir / "predictions.jsonl", predictions)
+    rundir.write_predictions(run_dir, predictions)
     results["metrics"] = {**{k: v for k, v in results["metrics"].items() if not k.startswith("eval/")}, **metrics}
     results["timing"]["reevaluate"] = round(time.perf_counter() - started, 3)
     results.setdefault("devices", {})["eval"] = device
     results["eval"] = evaluation_record(cfg)
     results["reevaluated"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides}
-    write_json_atomic(results_path, results)  # the writer masks credentials
+    rundir.write_results(run_dir, results)  # the writer masks credentials
     return metrics
 
 
+@tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m medinject.eval",
@@ -90,21 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="with --model: its name in the report (default: the model folder's name)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        if args.model is not None:
-            from medinject.eval.untrained import evaluate_any_model
+    if args.model is not None:
+        from medinject.eval.untrained import evaluate_any_model
 
-            if args.out is None:
-                raise UserError("--model: give the run directory to write with --out DIR")
-            overrides = ([args.run_dir] if args.run_dir else []) + args.overrides  # no run dir with --model: all are overrides
-            metrics = evaluate_any_model(args.model, args.out, overrides, args.adapter, args.name)["metrics"]
-        elif args.run_dir is None:
-            raise UserError("give a run directory to re-evaluate, or --model PATH_OR_HUB_ID --out DIR")
-        else:
-            metrics = reevaluate(Path(args.run_dir), args.overrides)
-    except UserError as err:
-        print(f"medinject: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if args.out is None:
+            raise UserError("--model: give the run directory to write with --out DIR")
+        overrides = ([args.run_dir] if args.run_dir else []) + args.overrides  # no run dir with --model: all are overrides
+        metrics = evaluate_any_model(args.model, args.out, overrides, args.adapter, args.name)["metrics"]
+    elif args.run_dir is None:
+        raise UserError("give a run directory to re-evaluate, or --model PATH_OR_HUB_ID --out DIR")
+    else:
+        metrics = reevaluate(Path(args.run_dir), args.overrides)
     for name, value in sorted(metrics.items()):
         print(f"{name}\t{value:.4f}")
 

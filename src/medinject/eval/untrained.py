@@ -16,8 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from medinject.util import rundir
 from medinject.util.errors import UserError, one_line
-from medinject.util.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from medinject.util.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def default_device(accelerator: str) -> str:
     return "cpu"
 
 
-def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: dict, adapter: str | None = None) -> dict[str, float]:
+def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: rundir.RunRecord, adapter: str | None = None) -> dict[str, float]:
     """Evaluate `cfg.model` (with the peft adapter at `adapter`, if given) on every configured test
-    set, write `manifest.json` and `predictions.jsonl` into `out_dir`, fill the run record's `data`,
+    set, write the manifest and the predictions into `out_dir`, fill the run record's `data`,
     `model`, `devices`, `eval` and `timing` as a trained run does, and return the metrics."""
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
@@ -61,7 +62,7 @@ def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: dict, adapter: st
         "counts": {},
         "files": dict(sorted(files.items())),
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_json_atomic(out_dir / rundir.MANIFEST, manifest)
     record["data"] = {"config": cfg.data.name, "sources": [], "mix": None, "seed": cfg.seed, "n_examples": 0, "counts": {}}
     timing["data"] = round(time.perf_counter() - started, 3)
 
@@ -95,7 +96,7 @@ def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: dict, adapter: st
     record.setdefault("devices", {})["eval"] = model_device(model)
     record["eval"] = evaluation_record(cfg)
     metrics, predictions = evaluate_model(model, tokenizer, cfg, items)
-    write_jsonl_atomic(out_dir / "predictions.jsonl", predictions)
+    rundir.write_predictions(out_dir, predictions)
     timing["eval"] = round(time.perf_counter() - started, 3)
     return {"train/optimizer_steps": 0.0, **metrics}
 
@@ -107,20 +108,20 @@ def _by_type(rows) -> dict[str, int]:
     return found
 
 
-def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter: str | None = None, name: str | None = None) -> dict:
+def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter: str | None = None, name: str | None = None) -> rundir.RunRecord:
     """`python -m medinject.eval --model PATH_OR_HUB_ID [--adapter PATH] --out DIR [overrides]`: the
     production config composed as train.py composes it (`data=base`, then the overrides), the model
     and its name set, evaluated without training into `out_dir`, which then holds what a run
-    directory holds for the report (`results.json`, `predictions.jsonl`, `config.yaml`,
-    `manifest.json`). Returns the record written to `results.json`."""
+    directory holds for the report (`medinject.util.rundir`: the run record, predictions, config and
+    manifest). Returns the run record it wrote."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
     from medinject.config import DataSettings, check_settings, conf_dir, register, to_container
 
     out_dir = Path(out_dir).resolve()
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
+    if adapter is not None and not (Path(adapter) / rundir.ADAPTER_CONFIG).is_file():
+        raise UserError(f"--adapter {adapter}: not a peft adapter folder (no {rundir.ADAPTER_CONFIG})")
     label = name or Path(model.rstrip("/")).name
     register()
     try:
@@ -135,9 +136,8 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
         cfg.paths.output_dir = str(out_dir)
     check_settings(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(to_container(cfg)))
-    record: dict = {"status": "running", "run_dir": str(out_dir), "metrics": {}, "data": {}, "model": {}, "devices": {},
-                    "inputs": {}, "timing": {}}
+    write_text_atomic(out_dir / rundir.CONFIG, OmegaConf.to_yaml(to_container(cfg)))
+    record = rundir.new_record(out_dir)
     started = time.perf_counter()
     try:
         from medinject.data.inputs import input_hashes
@@ -151,5 +151,5 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
         raise
     finally:
         record["timing"]["total"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(out_dir / "results.json", record)
+        rundir.write_results(out_dir, record)
     return record

@@ -142,7 +142,7 @@ def attach_adapter(model, adapter_cfg: DictConfig, gradient_checkpointing: bool)
 class LoadedModel(NamedTuple):
     tokenizer: Any
     model: Any  # the base model with its adapter attached
-    record: dict  # what results.json records of it
+    record: dict  # what the run record says of it
 
 
 def load_model(model: ModelConfig, adapter: AdapterConfig, trainer: TrainerConfig) -> LoadedModel:

@@ -1,5 +1,5 @@
 """`python -m medinject.report <sweep dir>`: the sweep report (see medinject.report.build)."""
 
-from medinject.report.build import main
+from medinject.report.cli import main
 
 main()

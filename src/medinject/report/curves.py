@@ -1,7 +1,7 @@
 """Learning curves per source, and what one source's examples are worth in another's.
 
 The runs of a sweep give a learning curve for a source when at least three of them trained on that
-source alone (their `results.json` counts name no other) at three or more budgets;
+source alone (the counts of their run records name no other) at three or more budgets;
 `experiment=budget_curve` runs each source alone at geometric budgets.
 
 Curve: a power law with an asymptote, y(n) = a + b n^(-c) with c > 0, fitted by least squares to the
@@ -169,13 +169,13 @@ def _finite_or_none(x: float) -> float | None:
 def curves_report(
     runs: Sequence, metrics: list[str], score_table: Callable[[str, list], ScoreTable], n_resamples: int = 2000, seed: int = 0
 ) -> dict | None:
-    """`exchange_rates.json` for the runs' learning curves, or None when they give none."""
+    """The exchange rates (`rundir.EXCHANGE_RATES`) of the runs' learning curves, or None when they give none."""
     found = find_curves(runs)
     if not found:
         return None
     result: dict = {
         "sources": {s: {str(n): [str(r.run_dir) for r in group] for n, group in budgets.items()} for s, budgets in found.items()},
-        "method": " ".join(__doc__.split("\n\n")[2:4]).replace("\n", " "),
+        "method": "medinject.report.curves",  # whose doc states the curve, the rate and their uncertainty
         "metrics": {},
         "skipped": {},
     }

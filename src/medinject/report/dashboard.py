@@ -10,7 +10,7 @@ sources' shares (the panels' counterpart of the report's ternary plot; W&B knows
 
 W&B reports are objects on the server, so building one needs a login. Without `--publish` (and on
 compute nodes that are offline) the command writes the report's specification to
-`<sweep dir>/dashboard.json`; after `wandb sync` has uploaded the runs, the same command with
+the sweep dir (`rundir.DASHBOARD`); after `wandb sync` has uploaded the runs, the same command with
 `--publish` turns that specification into the report and prints its URL.
 """
 
@@ -23,18 +23,18 @@ from pathlib import Path
 
 import yaml
 
+from medinject.util import rundir
+from medinject.util.cli import tool
 from medinject.util.errors import UserError
 from medinject.util.io import write_json_atomic
 
-
-SPEC = "dashboard.json"
 SPEC_VERSION = 1
 SKIPPED_SUFFIXES = ("/n", "/n_unparsable", "/skipped_too_long")  # counts, not scores
 
 
 def build_spec(sweep_dir: Path) -> dict:
     """The dashboard of a finished sweep, as plain data: runs' project and group, and the panels."""
-    from medinject.report.build import load_runs  # the sweep's runs, found the way the report finds them
+    from medinject.report.runs import load_runs  # the sweep's runs, found the way the report finds them
 
     sweep_dir = Path(sweep_dir)
     runs = [run for run in load_runs(sweep_dir) if run.status == "completed"]
@@ -65,7 +65,7 @@ def build_spec(sweep_dir: Path) -> dict:
 
 def _design_panels(runs: list, metrics: list[str]) -> list[dict]:
     """Scatter panels matching the report's mixture and learning-curve plots (module doc)."""
-    from medinject.report.build import MAIN_METRICS
+    from medinject.report.cells import MAIN_METRICS
     from medinject.report.curves import find_curves
     from medinject.report.mixture import find_design
 
@@ -132,11 +132,12 @@ def to_report(spec: dict, entity: str | None = None):
 
 def _run_config(run_dir: Path) -> dict:
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        return yaml.safe_load((run_dir / rundir.CONFIG).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({type(err).__name__})") from err
+        raise UserError(f"{run_dir / rundir.CONFIG}: unreadable ({type(err).__name__})") from err
 
 
+@tool
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medinject.report.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -144,20 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entity", help="W&B entity (default: the runs' logger.wandb.entity, else your default entity)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # what it did is printed below
-    try:
-        spec = build_spec(args.sweep_dir)
-        write_json_atomic(args.sweep_dir / SPEC, spec)
-        print(f"dashboard specification: {args.sweep_dir / SPEC} ({len(spec['panels']) - 1} metric panels, group {spec['group']!r})")
-        if not args.publish:
-            print(f"to publish: `wandb sync {args.sweep_dir}/*/wandb/offline-run-*` then `python -m medinject.report.dashboard {args.sweep_dir} --publish`")
-            return 0
-        report = to_report(spec, args.entity)
-        report.save()
-        print(f"published: {report.url}")
+    spec = build_spec(args.sweep_dir)
+    write_json_atomic(args.sweep_dir / rundir.DASHBOARD, spec)
+    print(f"dashboard specification: {args.sweep_dir / rundir.DASHBOARD} ({len(spec['panels']) - 1} metric panels, group {spec['group']!r})")
+    if not args.publish:
+        print(f"to publish: `wandb sync {args.sweep_dir}/*/wandb/offline-run-*` then `python -m medinject.report.dashboard {args.sweep_dir} --publish`")
         return 0
-    except UserError as err:
-        print(f"medinject: error: {err}", file=sys.stderr)
-        return 2
+    report = to_report(spec, args.entity)
+    report.save()
+    print(f"published: {report.url}")
+    return 0
 
 
 if __name__ == "__main__":

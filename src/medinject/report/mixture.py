@@ -2,7 +2,7 @@
 
 The runs of a sweep form a mixture design when, at one training budget (examples in total), they
 trained on at least three different compositions of two or more sources, one of them a blend. A
-run's shares are what it trained on, the per-source counts of `results.json` (`data.counts`), never
+run's shares are what it trained on, the per-source counts of its run record (`data.counts`), never
 its name or its requested weights. The provenance sweep's seven configurations are such a design
 (the simplex-centroid design: vertices, edge midpoints, centroid); `experiment=mixture_search` adds
 interior points.
@@ -51,13 +51,6 @@ ALPHA = 0.05  # family-wise level of the flatness tests (Holm over the report's 
 FINE = 100  # lattice steps per unit share for the optimum search
 COARSE = 20  # lattice steps per unit share for the confidence region and the next points
 NEAR_RUN = 0.1  # a suggested point is at least this far (largest share difference) from every run
-WHY_QUADRATIC = (
-    "Scheffé quadratic: can place the best mixture inside the simplex (a blend better than its parts), "
-    "is refitted exactly per bootstrap replicate, and is estimable from the simplex-centroid design; a "
-    "data mixing law (exp of a linear function of the shares) is monotone along every line, so its "
-    "best mixture is always a single source"
-)
-WHY_LINEAR = "Scheffé linear: too few distinct design points ({n}) for the {q} coefficients of the quadratic plus one"
 
 
 @dataclass
@@ -65,7 +58,7 @@ class DesignPoint:
     """The runs that trained on one composition at the design's budget."""
 
     shares: tuple[float, ...]  # in the order of the design's components
-    runs: list  # build.Run objects (duck-typed: config, seed, run_dir, composition)
+    runs: list  # report.runs.Run objects (duck-typed: config, seed, run_dir, composition)
 
 
 def composition_shares(composition: dict[str, int]) -> dict[str, float]:
@@ -190,7 +183,7 @@ def fit_mixture(
     ]
     entry: dict = {
         "model": "scheffe_quadratic" if quadratic else "scheffe_linear",
-        "why": WHY_QUADRATIC if quadratic else WHY_LINEAR.format(n=len(means), q=n_quadratic),
+        "why": "estimable" if quadratic else "too_few_points_for_quadratic",  # the module doc (and the report's notes) say why
         "terms": terms,
         "points": points,
     }
@@ -361,7 +354,7 @@ def mixture_report(
             {"shares": _as_shares(components, p.shares), "runs": [str(r.run_dir) for r in p.runs], "seeds": sorted(r.seed for r in p.runs if r.seed is not None)}
             for p in points
         ],
-        "method": __doc__.split("\n\n")[2].replace("\n", " "),
+        "method": "medinject.report.mixture",  # whose doc states the model and its uncertainty
         "metrics": {},
         "skipped": {},
     }

@@ -18,25 +18,26 @@ import argparse
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
+from medinject.util import rundir
+from medinject.util.cli import tool
 from medinject.util.errors import UserError
-from medinject.util.io import read_json, read_jsonl, write_json_atomic, write_text_atomic
+from medinject.util.io import check_writable, write_json_atomic, write_text_atomic
 
 REVIEW_FIELDS = ["uid", "question", "reference", "answer", "rating"]
 METRICS = ["judge", "rougeL", "bleu", "answer_words"]
 
 
-def _runs(paths: list[Path]) -> list[tuple[Path, dict]]:
-    """(run directory, its results) of every completed run under `paths`."""
-    found = sorted({p.parent for path in paths for p in ([path / "results.json"] if (path / "results.json").exists() else path.rglob("results.json"))})
-    runs = [(r, results) for r in found if (results := read_json(r / "results.json")).get("status") == "completed"]
+def _runs(paths: list[Path]) -> list[tuple[Path, rundir.RunRecord]]:
+    """(run directory, its record) of every completed run under `paths`."""
+    found = sorted({run for path in paths for run in rundir.run_dirs(path)})
+    runs = [(r, results) for r in found if (results := rundir.read_results(r)).get("status") == "completed"]
     if not runs:
-        raise UserError(f"review export: no completed run (results.json) under {', '.join(map(str, paths))}")
+        raise UserError(f"review export: no completed run ({rundir.RESULTS}) under {', '.join(map(str, paths))}")
     return runs
 
 
@@ -55,12 +56,13 @@ def export(paths: list[Path], out: Path, per_run: int, seed: int) -> int:
 
     from medinject.eval.runner import metric_module
 
+    check_writable(out)
     rouge = evaluate.load(metric_module("rouge"), keep_in_memory=True)
     bleu = evaluate.load(metric_module("bleu"), keep_in_memory=True)
     rng = random.Random(seed)
     picked = []
     for run, results in _runs(paths):
-        answers = [p for p in read_jsonl(run / "predictions.jsonl") if p.get("task") == "oeq"]
+        answers = [p for p in rundir.read_predictions(run) if p.get("task") == "oeq"]
         for record in rng.sample(answers, min(per_run, len(answers))):
             picked.append((run, results["data"]["config"], results["data"].get("seed"), record))
     rng.shuffle(picked)
@@ -148,6 +150,7 @@ def import_ratings(ratings_path: Path, key_path: Path) -> dict:
     return report
 
 
+@tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medinject.report.review", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,16 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     im.add_argument("ratings", type=Path)
     im.add_argument("--key", type=Path, help="default: key.csv beside the ratings")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "export":
-            n = export(args.paths, args.out, args.per_run, args.seed)
-            print(f"{n} answers -> {args.out / 'review.csv'} (key apart: {args.out / 'key.csv'})")
-        else:
-            report = import_ratings(args.ratings, args.key or args.ratings.parent / "key.csv")
-            print(json.dumps(report, indent=2))
-    except UserError as err:
-        print(f"medinject: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    if args.command == "export":
+        n = export(args.paths, args.out, args.per_run, args.seed)
+        print(f"{n} answers -> {args.out / 'review.csv'} (key apart: {args.out / 'key.csv'})")
+    else:
+        report = import_ratings(args.ratings, args.key or args.ratings.parent / "key.csv")
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ test: a configuration is called better or worse than the baseline only where its
 below `alpha`; otherwise the line says no configuration was separable from the baseline. A forest plot
 draws the same differences with their CIs, one panel per test set.
 
-The cells come from `medinject.report.build` (duck-typed: `estimate` with mean / low / high, and
+The cells come from `medinject.report.cells` (duck-typed: `estimate` with mean / low / high, and
 `comparison` with diff / low / high / p_value, `p_holm`), so this module needs nothing of it.
 """
 

@@ -20,8 +20,7 @@ from scipy.stats import kendalltau
 
 from medinject.util.errors import UserError
 from medinject.util.io import read_json
-
-TRUTH = "truth.json"
+from medinject.util.rundir import TRUTH
 
 
 def read_truth(sweep_dir: Path) -> dict | None:

@@ -28,17 +28,16 @@ chunks are smaller.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from medinject.sweep.architecture import (PROJECTIONS, QWEN3_4B_INSTRUCT_2507, Architecture, ParameterCounts, adapter_method,
+                                          adapter_parameters, architecture_for, config_get, enum_value, qwen3_4b_instruct_2507,
+                                          resolve_targets)
 from medinject.train.loss import CHUNK_LOGITS
 
 GiB = 2**30
-
-PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "16": 2}
 
@@ -81,178 +80,6 @@ def dtype_bytes(name: str) -> int:
     if key not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
     return DTYPE_BYTES[key]
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The shape of a Qwen3 decoder-only model: all that the estimate needs."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-    attention_bias: bool = False
-
-    @classmethod
-    def from_config(cls, config: Any) -> Architecture:
-        """From a transformers `Qwen3Config` or any object (or dict) with the same attributes."""
-        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-        heads = int(get("num_attention_heads"))
-        return cls(
-            vocab_size=int(get("vocab_size")),
-            hidden_size=int(get("hidden_size")),
-            intermediate_size=int(get("intermediate_size")),
-            num_hidden_layers=int(get("num_hidden_layers")),
-            num_attention_heads=heads,
-            num_key_value_heads=int(get("num_key_value_heads") or heads),
-            head_dim=int(get("head_dim") or int(get("hidden_size")) // heads),
-            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
-            attention_bias=bool(get("attention_bias", False)),
-        )
-
-    @property
-    def q_dim(self) -> int:
-        return self.num_attention_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_key_value_heads * self.head_dim
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each projection of one decoder layer."""
-        h, i = self.hidden_size, self.intermediate_size
-        return {
-            "q_proj": (h, self.q_dim),
-            "k_proj": (h, self.kv_dim),
-            "v_proj": (h, self.kv_dim),
-            "o_proj": (self.q_dim, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
-
-    def linear_parameters(self, name: str) -> int:
-        """Weight (and bias) values of one projection of one layer."""
-        fan_in, fan_out = self.linear_shapes()[name]
-        bias = fan_out if self.attention_bias and name in ("q_proj", "k_proj", "v_proj", "o_proj") else 0
-        return fan_in * fan_out + bias
-
-    def parameter_counts(self) -> ParameterCounts:
-        """Exact parameter counts by module type, over the whole model."""
-        layers, h = self.num_hidden_layers, self.hidden_size
-        by_module = {"embed_tokens": self.vocab_size * h}
-        for name in PROJECTIONS:
-            by_module[name] = layers * self.linear_parameters(name)
-        by_module["q_norm"] = by_module["k_norm"] = layers * self.head_dim  # Qwen3's per-head RMSNorms
-        by_module["input_layernorm"] = by_module["post_attention_layernorm"] = layers * h
-        by_module["norm"] = h
-        by_module["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return ParameterCounts(by_module)
-
-
-@dataclass(frozen=True)
-class ParameterCounts:
-    """Parameter counts keyed by module name (embed_tokens, q_proj, ..., q_norm, norm, lm_head)."""
-
-    by_module: dict[str, int]
-
-    @property
-    def embeddings(self) -> int:
-        return self.by_module["embed_tokens"]
-
-    @property
-    def attention(self) -> int:
-        """q, k, v, o projections and the q/k RMSNorms of every layer."""
-        return sum(self.by_module[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"))
-
-    @property
-    def mlp(self) -> int:
-        return sum(self.by_module[n] for n in ("gate_proj", "up_proj", "down_proj"))
-
-    @property
-    def norms(self) -> int:
-        """The two RMSNorms of every layer and the final one (q/k norms are under `attention`)."""
-        return sum(self.by_module[n] for n in ("input_layernorm", "post_attention_layernorm", "norm"))
-
-    @property
-    def lm_head(self) -> int:
-        """0 when the output projection is tied to the embeddings."""
-        return self.by_module["lm_head"]
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_module.values())
-
-    @property
-    def non_embedding(self) -> int:
-        return self.total - self.embeddings - self.lm_head
-
-    @property
-    def linear(self) -> int:
-        """Values in the seven projections: what bitsandbytes quantizes."""
-        return sum(self.by_module[n] for n in PROJECTIONS)
-
-
-# Qwen/Qwen3-4B-Instruct-2507, from its config.json on the hub (the same numbers as Qwen/Qwen3-4B):
-# hidden_size 2560, intermediate_size 9728, num_hidden_layers 36, num_attention_heads 32,
-# num_key_value_heads 8, head_dim 128, vocab_size 151936, tie_word_embeddings true, attention_bias
-# false. transformers' Qwen3Config defaults share vocab_size 151936, head_dim 128 and no attention bias
-# (its other defaults describe a larger model). The count this gives, 4,022,468,096 parameters of which
-# 3,633,511,936 outside the embeddings, matches the model card's "4.0B, 3.6B non-embedding".
-QWEN3_4B_INSTRUCT_2507 = Architecture(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    tie_word_embeddings=True,
-)
-
-
-def qwen3_4b_instruct_2507() -> Architecture:
-    """The Qwen3-4B-Instruct-2507 shape, without the hub."""
-    return QWEN3_4B_INSTRUCT_2507
-
-
-def resolve_targets(arch: Architecture, target_modules: Iterable[str] | str) -> list[str]:
-    """peft-style target names (suffixes such as "q_proj", or "all-linear") -> projection names."""
-    if isinstance(target_modules, str):
-        target_modules = PROJECTIONS if target_modules == "all-linear" else [target_modules]
-    names = [str(t).rsplit(".", 1)[-1] for t in target_modules]
-    unknown = sorted(set(names) - set(arch.linear_shapes()) - {LM_HEAD})  # the output layer: see lm_head_adapter
-    if unknown:
-        raise ValueError(f"target_modules: {unknown} are not projections of a Qwen3 layer ({', '.join(PROJECTIONS)})")
-    return [n for n in PROJECTIONS if n in names]
-
-
-LM_HEAD = "lm_head"
-
-
-def lm_head_adapter(arch: Architecture, method: str, r: int, target_modules: Iterable[str] | str) -> int:
-    """Trainable values of an adapter on the output layer (`lm_head` among the targets; the tiny
-    known-answer preset adapts it), 0 when it is not targeted."""
-    names = [] if isinstance(target_modules, str) else [str(t).rsplit(".", 1)[-1] for t in target_modules]
-    if LM_HEAD not in names:
-        return 0
-    return r * (arch.hidden_size + arch.vocab_size) + (arch.vocab_size if _method(method) == "dora" else 0)
-
-
-def adapter_parameters(arch: Architecture, method: str, r: int, target_modules: Iterable[str] | str = PROJECTIONS) -> int:
-    """Trainable values: r*(in+out) per targeted linear (lora_A, lora_B), the output layer's included
-    when targeted; DoRA adds out magnitudes."""
-    method = _method(method)
-    shapes = arch.linear_shapes()
-    per_layer = 0
-    for name in resolve_targets(arch, target_modules):
-        fan_in, fan_out = shapes[name]
-        per_layer += r * (fan_in + fan_out) + (fan_out if method == "dora" else 0)
-    return arch.num_hidden_layers * per_layer + lm_head_adapter(arch, method, r, target_modules)
 
 
 def quantized_linear_bytes(n_values: int, double_quant: bool, blocksize: int = BNB_BLOCKSIZE) -> int:
@@ -301,7 +128,7 @@ def activation_terms(
     dtype: fp32 once prepare_model_for_kbit_training has upcast the norms). Frozen base weights need
     no saved inputs; their outputs are kept only where a later op needs them.
     """
-    method = _method(method)
+    method = adapter_method(method)
     h, q, kv, i = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
     shapes = arch.linear_shapes()
     targets = resolve_targets(arch, target_modules)
@@ -427,7 +254,7 @@ def estimate_memory(
     loss: "chunked" (medinject's training step; every token counted as labelled, the worst case) or
     "full_logits" (transformers' `model(**batch).loss`).
     """
-    method = _method(method)
+    method = adapter_method(method)
     if quantization not in (None, "nf4", "fp4"):
         raise ValueError(f"quantization: {quantization!r} is not nf4, fp4 or None")
     if loss not in ("chunked", "full_logits"):
@@ -506,75 +333,31 @@ def estimate_memory(
     )
 
 
-def architecture_for(model_cfg: Any) -> Architecture:
-    """The architecture of a `model` config: the tiny spec, a local folder's config.json, or the
-    built-in Qwen3-4B-Instruct-2507 shape for its hub id."""
-    spec = _get(model_cfg, "build_tiny")
-    if spec is not None:
-        return Architecture.from_config({**_as_dict(spec), "tie_word_embeddings": False})  # as tiny.py builds it
-    path = str(_get(model_cfg, "path"))
-    config_file = Path(path).expanduser() / "config.json"
-    if config_file.is_file():
-        return Architecture.from_config(json.loads(config_file.read_text(encoding="utf-8")))
-    if path.rstrip("/").lower().endswith("qwen3-4b-instruct-2507"):
-        return QWEN3_4B_INSTRUCT_2507
-    raise ValueError(f"model.path: no config.json in {path!r} and no built-in shape for it")
-
-
 def estimate_for_run(cfg: Any, arch: Architecture | None = None, seq_len: int | None = None) -> MemoryEstimate:
     """The estimate for a composed run config (adapter, trainer, model, data.max_length)."""
     adapter, trainer, model = cfg.adapter, cfg.trainer, cfg.model
-    precision = str(_get(trainer, "precision", "32-true"))
+    precision = str(config_get(trainer, "precision", "32-true"))
     if precision.startswith("bf16"):
         compute = "bfloat16"
     elif precision.startswith("16"):
         compute = "float16"
     else:
-        compute = str(_get(model, "dtype", "float32"))
-    quantization = _get(adapter, "quantization")
+        compute = str(config_get(model, "dtype", "float32"))
+    quantization = config_get(adapter, "quantization")
     return estimate_memory(
         arch or architecture_for(model),
-        method=_enum_value(_get(adapter, "method", "lora")),
-        r=int(_get(adapter, "r", 16)),
-        target_modules=list(_get(adapter, "target_modules", PROJECTIONS)),
-        quantization=None if quantization is None else _enum_value(quantization),
-        double_quant=bool(_get(adapter, "double_quant", True)),
+        method=enum_value(config_get(adapter, "method", "lora")),
+        r=int(config_get(adapter, "r", 16)),
+        target_modules=list(config_get(adapter, "target_modules", PROJECTIONS)),
+        quantization=None if quantization is None else enum_value(quantization),
+        double_quant=bool(config_get(adapter, "double_quant", True)),
         compute_dtype=compute,
-        weight_dtype=str(_get(model, "dtype", compute)),
-        micro_batch=int(_get(trainer, "batch_size", 1)),
-        seq_len=int(seq_len if seq_len is not None else _get(cfg.data, "max_length", 2048)),
-        gradient_checkpointing=bool(_get(trainer, "gradient_checkpointing", False)),
-        lora_dropout=float(_get(adapter, "dropout", 0.0)),
+        weight_dtype=str(config_get(model, "dtype", compute)),
+        micro_batch=int(config_get(trainer, "batch_size", 1)),
+        seq_len=int(seq_len if seq_len is not None else config_get(cfg.data, "max_length", 2048)),
+        gradient_checkpointing=bool(config_get(trainer, "gradient_checkpointing", False)),
+        lora_dropout=float(config_get(adapter, "dropout", 0.0)),
     )
-
-
-def _method(method: Any) -> str:
-    value = _enum_value(method).lower()
-    if value not in ("lora", "dora"):
-        raise ValueError(f"method: {method!r} is not lora or dora")
-    return value
-
-
-def _enum_value(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if isinstance(node, dict):
-        return node.get(key, default)
-    try:
-        value = node[key] if hasattr(node, "__getitem__") else getattr(node, key)
-    except (KeyError, AttributeError, TypeError):
-        return default
-    return default if value is None and default is not None else value
-
-
-def _as_dict(node: Any) -> dict[str, Any]:
-    if isinstance(node, dict):
-        return node
-    if hasattr(node, "items"):
-        return dict(node.items())
-    return dict(vars(node))
 
 
 __all__: Sequence[str] = (

@@ -153,13 +153,14 @@ def power_plan(cfg: DictConfig, test_items: dict[str, dict[str, int]], n_configs
 
 
 def _pilot_components(path: Path) -> dict:
-    """Per task type, the mean variance components over a pilot report's comparisons (power.json)."""
+    """Per task type, the mean variance components over a pilot report's comparisons (its `rundir.POWER`)."""
     from medinject.report.power import Components
     from medinject.util.io import read_json
+    from medinject.util.rundir import POWER
 
-    found = path / "power.json"
+    found = path / POWER
     if not found.is_file():
-        raise UserError(f"plan.pilot={path}: no power.json there (build its report with 2+ seeds first)")
+        raise UserError(f"plan.pilot={path}: no {POWER} there (build its report with 2+ seeds first)")
     by_task: dict[str, list[dict]] = {}
     for entry in read_json(found).get("comparisons", []):
         c = entry.get("components")

@@ -2,7 +2,7 @@
 
 Hydra's launchers return only when every job of a batch has ended (submitit waits on all of them), so
 `ProgressWatch` looks at the jobs' run directories meanwhile (`medinject.sweep.status`): a job has
-ended when it wrote a `results.json` saying `completed` or `failed` after the sweep started. When the
+ended when it wrote a run record saying `completed` or `failed` after the sweep started. When the
 launcher returns, the jobs the watch did not see end (a completed run reused as `skipped`, a job that
 left nothing) get their line from what the sweeper recorded. Each line gives the completed, failed and
 pending counts and an ETA: the mean duration of the jobs that ran in this sweep, times the rounds of
@@ -32,7 +32,7 @@ class ProgressWatch(threading.Thread):
         self._durations: list[float] = []
         self._lock = threading.Lock()
         self._halt = threading.Event()
-        # what each run directory held before the sweep: an old results.json is not this sweep's word
+        # what each run directory held before the sweep: an old run record is not this sweep's word
         self._before = {num: job_state(num, Path(job["run_dir"])).results_mtime for num, job in self.jobs.items()}
 
     def stop(self) -> None:

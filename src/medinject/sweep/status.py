@@ -1,12 +1,12 @@
 """How far a sweep is, from another terminal: `python -m medinject.sweep.status <sweep dir>`.
 
-Every job of the sweep (from `sweep_summary.json` once the sweep ended, else `sweep_jobs.json`, which
-the sweeper writes before it launches anything, else the run directories found below the sweep dir)
-with its state, read from its run directory:
+Every job of the sweep (from the sweep summary once the sweep ended, else the job list the sweeper
+writes before it launches anything, else the run directories found below the sweep dir; file names in
+`medinject.util.rundir`) with its state, read from its run directory:
 
-* `completed`, `failed` (with the error) or `interrupted` (with the reason): what `results.json` says,
+* `completed`, `failed` (with the error) or `interrupted` (with the reason): what the run record says,
   unless a process holds the directory again (a requeued or relaunched job);
-* `running`: a process holds the run directory (`.lock.owner`, written while a run holds its lock),
+* `running`: a process holds the run directory (the lock's owner file, written while a run holds it),
   with its last logged optimizer step and training loss (the CSV logger's `metrics.csv` or the W&B
   offline run file) and its newest checkpoint;
 * `unfinished`: the directory was started but holds no result and no live process (a job killed
@@ -29,17 +29,14 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from medinject.util import rundir
+from medinject.util.cli import tool
 from medinject.util.errors import UserError
-from medinject.util.io import read_json
+from medinject.util.rundir import RESULTS, SWEEP_JOBS, SWEEP_SUMMARY
 
-SUMMARY = "sweep_summary.json"
-JOBS = "sweep_jobs.json"  # the sweep's planned jobs, written by the sweeper before launching
-RESULTS = "results.json"
-OWNER = ".lock.owner"  # medinject.util.lock: who holds the run directory
 FINAL = ("completed", "failed")
 _ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
@@ -53,7 +50,7 @@ class JobState:
     run_dir: Path
     state: str  # completed | failed | interrupted | running | unfinished | pending
     error: str | None = None
-    seconds: float | None = None  # the run's own time (results.json timing.total)
+    seconds: float | None = None  # the run's own time (its record's timing.total)
     step: int | None = None  # last logged optimizer step
     loss: float | None = None  # last logged training loss
     checkpoint: str | None = None  # newest checkpoint file
@@ -61,10 +58,9 @@ class JobState:
     results_mtime: float | None = None
 
 
-def _results(run_dir: Path) -> tuple[dict | None, float | None]:
-    path = run_dir / RESULTS
+def _results(run_dir: Path) -> tuple[rundir.RunRecord | None, float | None]:
     try:
-        return read_json(path), path.stat().st_mtime
+        return rundir.read_results(run_dir), (run_dir / RESULTS).stat().st_mtime
     except (UserError, OSError):
         return None, None
 
@@ -73,7 +69,7 @@ def _holder_alive(run_dir: Path) -> bool:
     """Whether a live process holds the run directory: its owner file names a pid on this host that
     exists, or a process on another host (which cannot be checked from here, so it is believed)."""
     try:
-        owner = json.loads((run_dir / OWNER).read_text(encoding="utf-8"))
+        owner = json.loads((run_dir / rundir.LOCK_OWNER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if owner.get("host") != socket.gethostname():
@@ -103,7 +99,8 @@ def job_state(num: int, run_dir: Path, data: str | None = None, seed: int | None
         job.state = "unfinished"
     if job.state in ("running", "unfinished", "interrupted"):
         job.step, job.loss = last_logged_loss(run_dir)
-        checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if (run_dir / "checkpoints").is_dir() else []
+        folder = run_dir / rundir.CHECKPOINTS
+        checkpoints = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
         job.checkpoint = checkpoints[-1].name if checkpoints else None
     return job
 
@@ -186,16 +183,13 @@ def _wandb_loss(path: Path) -> tuple[int | None, float | None]:
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
     """The sweep's jobs: {num, run_dir, data, seed} each."""
-    for name in (SUMMARY, JOBS):
+    for name in (SWEEP_SUMMARY, SWEEP_JOBS):
         path = sweep_dir / name
         if path.is_file():
-            listed = read_json(path)
-            if not isinstance(listed, dict) or not isinstance(listed.get("jobs"), list):
-                raise UserError(f"{path}: no 'jobs' list")
-            return [{**job, "run_dir": _moved(sweep_dir, job.get("run_dir") or "")} for job in listed["jobs"]]
+            return [{**job, "run_dir": _moved(sweep_dir, job.get("run_dir") or "")} for job in rundir.read_job_list(path)]
     found = sorted({p.parent for p in sweep_dir.glob(f"*/{RESULTS}")} | {p.parent for p in sweep_dir.glob("*/.hydra")})
     if not found:
-        raise UserError(f"{sweep_dir}: no sweep here (no {SUMMARY}, no {JOBS} and no run directory below it)")
+        raise UserError(f"{sweep_dir}: no sweep here (no {SWEEP_SUMMARY}, no {SWEEP_JOBS} and no run directory below it)")
     return [{"num": n, "run_dir": str(run_dir), "data": None, "seed": None} for n, run_dir in enumerate(found)]
 
 
@@ -284,16 +278,12 @@ def format_status(sweep_dir: Path, jobs: list[JobState]) -> str:
     return "\n".join([head, *(describe(job) for job in jobs)])
 
 
+@tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medinject.sweep.status", description="Every job of a sweep and its state.")
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
-    try:
-        jobs = sweep_status(args.sweep_dir)
-    except UserError as err:
-        print(f"medinject: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(format_status(args.sweep_dir, jobs))
+    print(format_status(args.sweep_dir, sweep_status(args.sweep_dir)))
 
 
 if __name__ == "__main__":

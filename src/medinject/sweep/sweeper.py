@@ -4,7 +4,7 @@ Hydra's basic sweeper stops at the first failed job and leaves no record of the 
 expands the same overrides the same way, hands every batch to the configured launcher (local,
 submitit local or SLURM), and then, whatever happened:
 
-* writes `sweep_summary.json` in the sweep dir: every job, its overrides, run directory and status
+* writes the sweep summary (`rundir.SWEEP_SUMMARY`) in the sweep dir: every job, its overrides, run directory and status
   (`completed`, `skipped` when an earlier completed run was reused, `failed` with the error, or
   `missing` when the job left no result at all, e.g. a node that died);
 * builds the comparison report (`medinject.report`) from the runs that completed;
@@ -27,12 +27,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from medinject.util import rundir
 from medinject.util.errors import UserError, one_line
-from medinject.util.io import read_json, write_json_atomic
+from medinject.util.io import write_json_atomic
+from medinject.util.rundir import SWEEP_SUMMARY as SUMMARY
 
 log = logging.getLogger(__name__)
-
-SUMMARY = "sweep_summary.json"
 
 
 @dataclass
@@ -84,7 +84,7 @@ class SweeperWithSummary(BasicSweeper):
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / rundir.MULTIRUN_CONFIG)
         _plant(self.config, sweep_dir)
 
         jobs: list[dict] = []
@@ -120,17 +120,17 @@ class SweeperWithSummary(BasicSweeper):
         return returns
 
     def _watch_progress(self, sweep_dir: Path):
-        """Every planned job in `sweep_jobs.json` (what `python -m medinject.sweep.status` reads while
-        the sweep runs), and a watch that logs a line each time one of them ends."""
+        """Every planned job in the sweep's job list (`rundir.SWEEP_JOBS`, what `python -m
+        medinject.sweep.status` reads while the sweep runs), and a watch that logs a line each time one
+        of them ends."""
         from medinject.sweep.progress import ProgressWatch, parallel_jobs
-        from medinject.sweep.status import JOBS
 
         planned = []
         for job in (job for batch in self.overrides for job in batch):
             cfg = self._job_config(job)
             run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
             planned.append({"num": len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
-        write_json_atomic(sweep_dir / JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(planned), "jobs": planned})
+        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(planned), "jobs": planned})
         batch = max((len(b) for b in self.overrides), default=1)
         progress = ProgressWatch(planned, parallel_jobs(self.config.hydra.get("launcher"), batch))
         progress.start()
@@ -161,12 +161,12 @@ class SweeperWithSummary(BasicSweeper):
             record = result.return_value if isinstance(result.return_value, dict) else {}
             return {**entry, "status": "skipped" if record.get("skipped") else "completed", "error": None}
         # No word from the job itself: what it left on disk is all there is.
-        stored = _read_results(run_dir / "results.json")
+        stored = rundir.try_read_results(run_dir) or {}  # nothing readable it left
         if stored.get("status") == "completed":
             return {**entry, "status": "completed", "error": None}
         if stored.get("status") == "failed":
             return {**entry, "status": "failed", "error": stored.get("error")}
-        why = one_line(launch_error) if launch_error else "the job left no results.json"
+        why = one_line(launch_error) if launch_error else f"the job left no {rundir.RESULTS}"
         return {**entry, "status": "missing", "error": why}
 
 
@@ -188,42 +188,36 @@ def write_summary(sweep_dir: Path, jobs: list[dict]) -> dict:
 def _build_report(sweep_dir: Path, baseline: str | None) -> None:
     """The report and the W&B dashboard specification are readings of the results; a problem building
     them must not hide the sweep's outcome."""
-    from medinject.report.dashboard import SPEC, build_spec
     from medinject.report.build import build_report
+    from medinject.report.dashboard import build_spec
 
     try:
         log.info("report: %s", build_report(sweep_dir, baseline=baseline))
     except Exception as err:  # noqa: BLE001 - reported, and the runs' own results stay valid
         log.warning("the sweep report could not be built: %s (run `python -m medinject.report %s`)", one_line(err), sweep_dir)
     try:
-        write_json_atomic(sweep_dir / SPEC, build_spec(sweep_dir))
-        log.info("W&B dashboard specification: %s (publish: python -m medinject.report.dashboard %s --publish)", sweep_dir / SPEC, sweep_dir)
+        write_json_atomic(sweep_dir / rundir.DASHBOARD, build_spec(sweep_dir))
+        log.info("W&B dashboard specification: %s (publish: python -m medinject.report.dashboard %s --publish)", sweep_dir / rundir.DASHBOARD, sweep_dir)
     except Exception as err:  # noqa: BLE001
         log.warning("the dashboard specification could not be built: %s", one_line(err))
 
 
 def _plant(config: DictConfig, sweep_dir: Path) -> None:
-    """Known-answer data (a `planted` config): generated once before the jobs start, and its truth.json
-    copied into the sweep dir, where the report reads it."""
-    from medinject.data.planted import TRUTH, ensure_planted
+    """Known-answer data (a `planted` config): generated once before the jobs start, and its truth
+    (`rundir.TRUTH`) copied into the sweep dir, where the report reads it."""
+    from medinject.data.planted import ensure_planted
 
     try:
         folder = ensure_planted(config)
     except UserError as err:
         _exit(2, str(err))
     if folder is not None:
-        shutil.copyfile(folder / TRUTH, sweep_dir / TRUTH)
+        shutil.copyfile(folder / rundir.TRUTH, sweep_dir / rundir.TRUTH)
 
 
 def _exit(status: int, message: str) -> None:
-    """End the command with one line, not a traceback: the details are in sweep_summary.json and the
+    """End the command with one line, not a traceback: the details are in the sweep summary and the
     jobs' logs. (Hydra would print the traceback of an exception raised here.)"""
     print(f"medinject: error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
 
-
-def _read_results(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except UserError:  # no word from the job, and nothing readable it left
-        return {}

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from medinject.config import TrainSettings
 from medinject.util.errors import UserError
 from medinject.util.io import write_json_atomic
+from medinject.util.rundir import PROBE_LOSS
 
 
 class ProbeLoss(L.Callback):
@@ -19,11 +20,11 @@ class ProbeLoss(L.Callback):
     moved it back to the CPU when `on_train_end` runs.
 
     A resumed run has already loaded trained weights at `on_fit_start`, so it reads the first
-    attempt's starting loss from `probe_loss_start.json` instead of measuring it again."""
+    attempt's starting loss from the run directory (`rundir.PROBE_LOSS`) instead of measuring it again."""
 
     def __init__(self, loader, out_dir: Path, resuming: bool):
         self.loader = loader
-        self.path = Path(out_dir) / "probe_loss_start.json"
+        self.path = Path(out_dir) / PROBE_LOSS
         self.resuming = resuming
         self.start: float | None = None
         self.end: float | None = None

@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from medinject.util.rundir import CHECKPOINTS
+
 log = logging.getLogger(__name__)
 
 # `step=8.ckpt`, and Lightning's versioned `step=8-v1.ckpt` (written when the name already exists,
@@ -18,7 +20,7 @@ _STEP_NAME = re.compile(r"^step=(\d+)(?:-v(\d+))?$")
 
 def checkpoint_callback(out_dir: Path, every_n_steps: int) -> L.pytorch.callbacks.ModelCheckpoint:
     return L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="{step}", every_n_train_steps=every_n_steps, save_last=True
+        dirpath=out_dir / CHECKPOINTS, filename="{step}", every_n_train_steps=every_n_steps, save_last=True
     )
 
 

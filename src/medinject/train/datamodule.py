@@ -205,7 +205,7 @@ class InstructionDataModule(L.LightningDataModule):
         return fit_loop.epoch_progress.current.processed, fit_loop.epoch_loop.batch_progress.current.processed
 
     def state_dict(self) -> dict:
-        """Saved in checkpoints: where in the data the training stands (see medinject/data/resumable.py)."""
+        """Saved in checkpoints: where in the data the training stands (`medinject.train.sampler.EpochBatches` continues from it)."""
         epoch, done = self._training_progress()
         return {"epoch": epoch, "batches_done": done}
 

@@ -24,6 +24,7 @@ from medinject.train.datamodule import InstructionDataModule
 from medinject.train.lit import AdapterFineTuning
 from medinject.train.loggers import make_loggers
 from medinject.util.io import redact_files, write_text_atomic
+from medinject.util.rundir import ADAPTER_RUN_CONFIG, CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def fit(cfg: TrainSettings, out_dir: Path, model, tokenizer, examples: list[Exam
     datamodule = InstructionDataModule(cfg, tokenizer, examples, files)
     datamodule.setup("fit")
     module = AdapterFineTuning(model, cfg.optim)
-    resume = last_checkpoint(out_dir / "checkpoints")
+    resume = last_checkpoint(out_dir / CHECKPOINTS)
     if resume:
         log.info("resuming from %s (optimizer step %d)", resume[0], resume[1])
     probe = ProbeLoss(datamodule.probe_dataloader(), out_dir, resuming=resume is not None)
@@ -120,7 +121,7 @@ def save_adapter(model, tokenizer, adapter_dir: Path, resolved: dict) -> None:
     """The trained adapter with its tokenizer and the resolved config; credentials masked in every file."""
     model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)
-    write_text_atomic(adapter_dir / "medinject_config.yaml", OmegaConf.to_yaml(resolved))
+    write_text_atomic(adapter_dir / ADAPTER_RUN_CONFIG, OmegaConf.to_yaml(resolved))
     redact_files(adapter_dir)
 
 

@@ -13,9 +13,9 @@ from medinject.config import TrainSettings
 from medinject.util.cli import in_multirun
 from medinject.util.errors import UserError
 from medinject.util.io import write_text_atomic
+from medinject.util.rundir import WANDB_ID
 from medinject.util.secrets import redact
 
-WANDB_ID = "wandb_id"  # in the run directory: the one W&B run this directory logs to
 
 PREDICTION_COLUMNS = ("test_set", "task", "id", "question", "reference", "output", "prediction", "prediction_constrained",
                       "em", "em_constrained", "hamming", "hamming_constrained", "judge")

@@ -1,4 +1,4 @@
-"""How medinject's command-line entry points end on bad input."""
+"""How medinject's command-line entry points end: one rule (`ending`) for every tool and the Hydra app."""
 
 from __future__ import annotations
 
@@ -9,35 +9,64 @@ from dataclasses import fields, is_dataclass
 import sys
 
 from medinject.util.errors import Interrupted, UserError
+from medinject.util.rundir import RESULTS
+
+
+def ending(err: BaseException, resumable: bool = False) -> tuple[int, str] | None:
+    """How a medinject command ends on `err`: (exit status, the one line for stderr), or None for an
+    error that is a bug (its traceback is what a maintainer needs). Bad input and a write the disk
+    refuses (no space, quota, read-only, no permission) end with status 2; a signal with 128 + its
+    number, as a shell would report it; Ctrl-C with 130. `resumable`: a run, whose record says it was
+    interrupted and which the same command resumes."""
+    again = f"; {RESULTS} says so; rerun the same command to resume" if resumable else ""
+    if isinstance(err, UserError):
+        return 2, f"medinject: error: {err}"
+    refused = err
+    while refused is not None and not isinstance(refused, OSError):  # e.g. logging's ValueError raised from the OSError
+        refused = refused.__cause__
+    if refused is not None and refused.errno in _DISK_ERRORS:
+        return 2, f"medinject: error: {refused.filename or 'a file'}: {refused.strerror}"
+    if isinstance(err, Interrupted):
+        return 128 + err.signum, f"medinject: interrupted: {err}{again}"
+    if isinstance(err, KeyboardInterrupt):
+        return 130, f"medinject: interrupted (Ctrl-C){again}"
+    return None
 
 
 def exit_on_user_error(task):
-    """Bad input ends the job with one line on stderr and exit status 2, not a traceback; so does a
-    write the disk refuses (no space, read-only, no permission). A signal ends it with one line and
-    128 + the signal's number, as a shell would report it. In a multirun the error is left to Hydra,
-    which records the job as failed and runs the others."""
+    """A Hydra task that ends as every medinject command ends (`ending`), not with a traceback. In a
+    multirun the error is left to Hydra, which records the job as failed and runs the others."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
         _task_errors_to_hydra()
         try:
             return task(*args, **kwargs)
-        except UserError as err:
-            if in_multirun():
+        except BaseException as err:
+            end = ending(err, resumable=True)
+            if end is None or in_multirun():
                 raise
-            _exit(2, f"medinject: error: {err}")
-        except OSError as err:
-            if in_multirun() or err.errno not in _DISK_ERRORS:
+            _exit(*end)
+
+    return wrapper
+
+
+def tool(main):
+    """A command-line tool (`main(argv=None)`, argparse) that ends as every medinject command ends
+    (`ending`); SIGTERM ends it as Ctrl-C would, with one line. Returns what `main` returns."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None):
+        from medinject.util.lock import ending_signals
+
+        try:
+            with ending_signals():
+                return main(argv)
+        except BaseException as err:
+            end = ending(err)
+            if end is None:
                 raise
-            _exit(2, f"medinject: error: {err.filename or 'a file'}: {err.strerror}")
-        except Interrupted as err:
-            if in_multirun():
-                raise
-            _exit(128 + err.signum, f"medinject: interrupted: {err}; results.json says so; rerun the same command to resume")
-        except KeyboardInterrupt:
-            if in_multirun():
-                raise
-            _exit(130, "medinject: interrupted (Ctrl-C); results.json says so; rerun the same command to resume")
+            _exit(*end)
 
     return wrapper
 
@@ -48,6 +77,16 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 def _exit(status: int, line: str) -> None:
     print(line, file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def hydra_app(task, config_dir: str, argv: list[str] | None = None) -> None:
+    """Run `task(cfg)` as a Hydra app composing `train.yaml` of `config_dir`, on the command line
+    `argv` (default: the process's own), ending as every medinject command ends."""
+    import hydra
+
+    if argv is not None:  # Hydra reads its command line from sys.argv
+        sys.argv = [sys.argv[0], *argv]
+    exit_on_compose_error(hydra.main(version_base="1.3", config_path=str(config_dir), config_name="train")(exit_on_user_error(task)))
 
 
 def in_multirun() -> bool:
@@ -69,7 +108,8 @@ _compose_errors_are_ours = False
 def exit_on_compose_error(app) -> None:
     """Call a `@hydra.main` app; a config that does not compose (an unknown key, a wrong type, an
     unknown group option, a bad choice) ends with Hydra's own message, then one line naming the key,
-    and exit status 2. A user who set HYDRA_FULL_ERROR gets Hydra's full traceback, as asked."""
+    and exit status 2; what Hydra itself hits before the task starts (a read-only output directory)
+    ends as `ending` says. A user who set HYDRA_FULL_ERROR gets Hydra's full traceback, as asked."""
     global _compose_errors_are_ours
     if os.environ.get(_FULL_ERROR):
         app()
@@ -79,11 +119,16 @@ def exit_on_compose_error(app) -> None:
     try:
         app()
     except Exception as err:
-        line = compose_error_line(err)
-        if line is None or not _compose_errors_are_ours:
+        if not _compose_errors_are_ours:
             raise
-        print(_hydra_text(err), file=sys.stderr)
-        _exit(2, f"medinject: error: {line}")
+        line = compose_error_line(err)
+        if line is not None:
+            print(_hydra_text(err), file=sys.stderr)
+            _exit(2, f"medinject: error: {line}")
+        end = ending(err)  # e.g. Hydra writing the config into a read-only output directory
+        if end is None:
+            raise
+        _exit(*end)
     finally:
         _task_errors_to_hydra()
 

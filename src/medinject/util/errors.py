@@ -9,7 +9,7 @@ class UserError(Exception):
 
 
 def one_line(err: BaseException) -> str:
-    """`Type: first line of the message`, for results.json and sweep summaries."""
+    """`Type: first line of the message`, for run records and sweep summaries."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 

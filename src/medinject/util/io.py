@@ -20,7 +20,10 @@ os.umask(_UMASK)
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # a read-only or full directory: name the file that was to be written, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as handle:
@@ -28,9 +31,24 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:  # no space, quota: name the file, not the temporary one
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def check_writable(folder: Path) -> None:
+    """Make `folder` if needed and write a file there; an OSError naming the folder when the disk
+    refuses (read-only, full, not ours): what a tool checks before its work, not after."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".medinject-write-check.", dir=folder)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -67,11 +85,13 @@ def read_json(path: Path) -> object:
 
 def read_jsonl(path: Path) -> list:
     """A JSON Lines file a tool needs, every line parsed; a damaged line is named by its number."""
-    rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if line.strip():
-            rows.append(_parse(f"{path}:{number}", line, json.loads))
-    return rows
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: Path) -> list[tuple[int, object]]:
+    """(line number, parsed line) of each line of a JSON Lines file that is not blank."""
+    return [(number, _parse(f"{path}:{number}", line, json.loads))
+            for number, line in enumerate(_read_text(path).splitlines(), start=1) if line.strip()]
 
 
 def _read_text(path: Path) -> str:

@@ -17,9 +17,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from medinject.util.errors import Interrupted, UserError
+from medinject.util.rundir import LOCK, LOCK_OWNER as OWNER
 
-LOCK = ".lock"
-OWNER = ".lock.owner"
 
 
 @contextmanager
@@ -56,7 +55,7 @@ def _owner(out_dir: Path) -> str:
 @contextmanager
 def ending_signals():
     """SIGTERM (what `kill`, a scheduler's cancel and SLURM's preemption send) raises `Interrupted`
-    in the run, so it ends like any other failure: `results.json` says `interrupted` and why. A
+    in the run, so it ends like any other failure: the run record says `interrupted` and why. A
     handler someone else installed first is left alone: under submitit, SIGTERM is bypassed and
     SIGUSR2 requeues the job, which then resumes from its checkpoint."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or not _main_thread():
