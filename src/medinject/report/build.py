@@ -48,6 +48,7 @@ from medinject.util.errors import UserError
 from medinject.util.io import write_bytes_atomic, write_text_atomic
 from medinject.report.curves import curves_report, power_law
 from medinject.report.mixture import flatness_pvalues, mixture_report, order_components, pilot_seed_variances, surface_grid
+from medinject.report.registered import rounds_section
 from medinject.report.power import Components, pool_seed_variance, power_entry, variance_components, verdict
 from medinject.report.truth import read_truth, truth_check, truth_rows
 from medinject.report.stats import Comparison, Estimate, adjust_pvalues, bootstrap_ci, paired_difference, paired_differences, score_matrix
@@ -976,6 +977,9 @@ def build_report(
     design_tables, design_plots, design_notes = design_outputs(out, runs, metrics, main, test_sets, n_resamples, seed, mixture)
     plots += design_plots
     notes += design_notes
+    if (rounds := rounds_section(sweep_dir)) is not None:  # the mixture search's registered predictions (report/registered.py)
+        design_tables.append(Table(*rounds[:3]))
+        notes += rounds[3]
 
     tables = build_tables(runs, configs, metrics, cells, baseline) + design_tables
     truth = read_truth(sweep_dir)
