@@ -164,8 +164,9 @@ def choose_points(
         else:
             sd = surface.mean_sd(candidates, information)
             ei = expected_improvement(means, sd, best)
-            # ties (EI 0 everywhere a flat surface is certain) go to the least certain point
-            index = int(np.lexsort((np.where(open_, sd, -np.inf), np.where(open_, ei, -np.inf)))[-1])
+            # ties (EI 0 everywhere a flat surface is certain) go to the least certain point, then the farthest from every run
+            spread = _distance(candidates, taken).min(axis=1)
+            index = int(np.lexsort((spread, np.where(open_, sd, -np.inf), np.where(open_, ei, -np.inf)))[-1])
             why = (f"expected improvement {ei[index]:.3g} over the best fitted mean of a run point ({best:.4g}): "
                    f"fitted mean {means[index]:.4g}, standard error {sd[index]:.3g}")
             entry = {"index": index, "why": why, "expected_improvement": float(ei[index]), "fitted_mean": float(means[index]),
