@@ -143,3 +143,22 @@ def test_replay_on_the_planted_grid_finds_the_planted_optimum_sooner_than_random
     assert result["ratio_to_random"]["sequential"] <= 0.5
     assert result["coverage"] >= 0.85 and result["registered"] > 0
     assert math.isfinite(result["mde"]) and result["mde"] > 0
+
+
+def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
+    from medinject.sweep.rounds import candidates
+
+    lattice = candidate_lattice(4, 0.1)
+    rows = {"native": 3, "synthetic": 100, "translated": 100, "web": 100}  # native has rows for 3 of the 10 examples
+    trained = {(10, 0, 0, 0), (0, 0, 5, 5)}
+    quotas, trains, new, realized = candidates(lattice, FOUR, 10, rows, False, trained)
+    assert len(quotas) == len(lattice) == 286
+    assert (trains == (lattice[:, 0] <= 0.3 + 1e-9)).all()
+    assert (~new).sum() == 2 and not new[np.flatnonzero((lattice == [0, 0, 0.5, 0.5]).all(axis=1))[0]]
+    assert np.allclose(realized, lattice)
+    _, repeat, _, _ = candidates(lattice, FOUR, 10, rows, True, trained)
+    assert repeat.all()
+    # a budget the shares do not divide: the shares are those mix=weighted trains (largest remainders)
+    quotas7, _, _, realized7 = candidates(candidate_lattice(3, 0.5), ["native", "synthetic", "translated"], 7, {}, False, set())
+    assert all(sum(q.values()) == 7 for q in quotas7) and np.allclose(realized7.sum(axis=1), 1)
+    assert {tuple(sorted(q.values())) for q in quotas7} == {(0, 0, 7), (0, 3, 4)}

@@ -23,8 +23,8 @@ neither chosen again nor trained again.
 from __future__ import annotations
 
 import datetime
-import logging
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,6 @@ from medinject.report.registered import PREDICTIONS, ROUND, score_predictions
 from medinject.report.search import CONFIDENCE, candidate_lattice, choose_points, fit_surface, register
 from medinject.util.errors import UserError
 from medinject.util.io import read_json, write_json_atomic
-
-log = logging.getLogger(__name__)
 
 WEIGHTS = "mix.weights="
 DONE = ("completed", "skipped")
@@ -97,14 +95,14 @@ class SearchRounds:
                     write_json_atomic(sweep_dir / PREDICTIONS.format(n=number), _registration(record))
                 write_json_atomic(path, record)  # after the predictions: a round on record always has them
             else:
-                log.info("mixture search: round %d on record (%s); its %d point(s) are rerun, completed runs skipped",
-                         number, record.get("status"), len(record.get("points", [])))
+                _say(f"round {number} on record ({record.get('status')}): its {len(record.get('points', []))} point(s) rerun, completed runs skipped")
             if not record["points"]:
-                log.warning("mixture search: round %d has no point to run (%s); the search stops", number, record.get("note"))
+                _say(f"round {number} has no point to run ({record.get('note')}); the search stops")
                 break
             round_jobs = [list(job) for point in record["points"] for job in point["jobs"]]
             first = len(jobs)
-            log.info("mixture search: round %d of %d, %d point(s), %d job(s)", number, self.rounds, len(record["points"]), len(round_jobs))
+            _say(f"round {number} of {self.rounds}: {len(record['points'])} point(s), {len(round_jobs)} job(s); "
+                 f"fit before it: {record.get('fit_reason')}; predictions in {PREDICTIONS.format(n=number)}")
             self.sweeper.overrides = self.sweeper.batches(round_jobs)
             self.sweeper.launch_batches(sweep_dir, jobs, returns)
             ended = jobs[first:]
@@ -112,8 +110,8 @@ class SearchRounds:
                 record = self._score(record, ended)
                 write_json_atomic(path, record)
                 score = record["score"]
-                log.info("mixture search: round %d scored: %d point(s), Spearman %s, %s inside the 95%% intervals, mean abs. error %s",
-                         number, score["n_points"], _fmt(score["spearman"]), _fmt(score["coverage"]), _fmt(score["mae"]))
+                _say(f"round {number} scored: {score['n_points']} point(s), Spearman {_fmt(score['spearman'])}, "
+                     f"{_fmt(score['coverage'])} inside the 95% intervals, mean abs. error {_fmt(score['mae'])}")
             from medinject.sweep.sweeper import write_summary
 
             write_summary(sweep_dir, jobs)
@@ -122,10 +120,7 @@ class SearchRounds:
         shares, scores, trained, rows = self._observations(jobs, metric)
         surface, why = fit_surface(self.components, shares, scores)
         lattice = candidate_lattice(len(self.components), self.step)
-        quotas = [_weighted_quotas(dict(zip(self.components, map(float, w))), sorted(self.components), self.budget) for w in lattice]
-        trains = np.array([self.allow_repeat or all(q[s] <= rows.get(s, math.inf) for s in self.components) for q in quotas])
-        new = np.array([tuple(q[s] for s in self.components) not in trained for q in quotas])
-        realized = np.array([[q[s] / self.budget for s in self.components] for q in quotas])
+        quotas, trains, new, realized = candidates(lattice, self.components, self.budget, rows, self.allow_repeat, trained)
         picks = choose_points(surface, realized, shares, trains & new, self.per_round, self.step / 2)
         n_seeds = len(self.variants)
         registered = register(surface, realized[[p["index"] for p in picks]], n_seeds) if picks else []
@@ -204,6 +199,18 @@ class SearchRounds:
         raise UserError(f"mixture.metric: none given and no main metric ({', '.join(MAIN_METRICS)}) in the runs; set mixture.metric=eval/<set>/<task>/<metric>")
 
 
+def candidates(lattice: np.ndarray, components: list[str], budget: int, rows: dict[str, int], allow_repeat: bool, trained: set):
+    """For each lattice point (shares in `components` order): the examples per source it trains (the
+    quotas `mix=weighted` draws), whether the sources have them (each source's `rows`; any number with
+    `allow_repeat`), whether no run trained that composition yet (`trained`: tuples of counts), and its
+    shares as trained (quotas / budget)."""
+    quotas = [_weighted_quotas(dict(zip(components, map(float, w))), sorted(components), budget) for w in lattice]
+    trains = np.array([allow_repeat or all(q[s] <= rows.get(s, math.inf) for s in components) for q in quotas], dtype=bool)
+    new = np.array([tuple(q[s] for s in components) not in trained for q in quotas], dtype=bool)
+    realized = np.array([[q[s] / budget for s in components] for q in quotas], dtype=float)
+    return quotas, trains, new, realized
+
+
 def _registration(record: dict) -> dict:
     return {
         "round": record["round"], "metric": record["metric"], "registered_at": record["planned_at"], "confidence": CONFIDENCE,
@@ -245,6 +252,11 @@ def _run_score(entry: dict | None, metric: str) -> float | None:
     results = _results(entry)
     value = ((results or {}).get("metrics") or {}).get(metric)
     return None if value is None else float(value)
+
+
+def _say(line: str) -> None:
+    """A line on stderr, beside the sweep's progress lines (Hydra's logging of the sweeper process is quiet)."""
+    print(f"mixture search: {line}", file=sys.stderr, flush=True)
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,120 @@
+"""`mixture.rounds` through the real CLI: the issue's command runs the design and two rounds end to end,
+registers each round's predictions before it runs and scores them after; killed during round 2 and
+run again, it finishes round 2 without choosing or training round 1 again. Bad settings are refused
+in one line naming the key."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+COMMAND = (  # the issue's command, with the logger, progress bars and the other task types left out to save time
+    "experiment=mixture_search", "mixture.rounds=2", "mixture.per_round=3", "model=tiny", "trainer.max_steps=4", "eval.limit=4",
+    "logger=none", "trainer.enable_progress_bar=false", "eval.tasks=[mcqu]",
+)  # fmt: skip
+
+
+def _train(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", "-m", *args], cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _mtimes(sweep: Path, round_record: dict) -> dict[str, float]:
+    summary = _read(sweep / "sweep_summary.json") if (sweep / "sweep_summary.json").is_file() else {"jobs": []}
+    weights = {point["weights"] for point in round_record["points"]}
+    dirs = [Path(j["run_dir"]) for j in summary["jobs"] if any(o in weights for o in j["overrides"])]
+    return {str(d): (d / "results.json").stat().st_mtime for d in dirs}
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("search") / "sweep"
+    process = subprocess.Popen([sys.executable, "train.py", "-m", *COMMAND, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 900
+    try:
+        while not (sweep / "round2.json").is_file():  # round 2 planned: its jobs start now
+            assert process.poll() is None, "the sweep ended before round 2 was planned"
+            assert time.time() < deadline, "round 2 was never planned"
+            time.sleep(0.5)
+        time.sleep(3)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    killed = {n: (sweep / f"round{n}.json").read_bytes() for n in (1, 2)}
+    registered = {n: (sweep / f"predictions_round{n}.json").read_bytes() for n in (1, 2)}
+    round1_runs = _mtimes(sweep, json.loads(killed[1]))
+    rerun = _train(*COMMAND, f"hydra.sweep.dir={sweep}")
+    return sweep, killed, registered, round1_runs, rerun
+
+
+def test_killed_during_round_2_the_rerun_finishes_it_without_redoing_round_1(killed_and_rerun):
+    sweep, killed, registered, round1_runs, rerun = killed_and_rerun
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(killed[2])["status"] == "planned"  # the kill came while round 2 ran
+    assert (sweep / "round1.json").read_bytes() == killed[1]  # round 1: neither chosen again nor rescored
+    for n in (1, 2):  # registrations are never rewritten
+        assert (sweep / f"predictions_round{n}.json").read_bytes() == registered[n]
+    round1, round2 = _read(sweep / "round1.json"), _read(sweep / "round2.json")
+    assert round2["status"] == "finished" and round2["points"] == json.loads(killed[2])["points"]
+    assert len(round1_runs) == 3 and _mtimes(sweep, round1) == round1_runs  # round 1's runs were not trained again
+    summary = _read(sweep / "sweep_summary.json")
+    assert summary["n_jobs"] == 16 and summary["status"] == "completed"
+    weights1 = {p["weights"] for p in round1["points"]}
+    assert {j["status"] for j in summary["jobs"] if any(o in weights1 for o in j["overrides"])} == {"skipped"}
+    assert "mixture search: round 1 on record (finished)" in rerun.stderr and "mixture search: round 2 scored: 3 point(s)" in rerun.stderr
+
+
+def test_each_round_records_its_points_fit_and_scored_predictions(killed_and_rerun):
+    sweep = killed_and_rerun[0]
+    design = _read(sweep / "round0.json")
+    assert len(design["points"]) == 10 and design["fit"] is None
+    seen = {p["weights"] for p in design["points"]}
+    for n, runs_before in ((1, 10), (2, 13)):
+        record = _read(sweep / f"round{n}.json")
+        predictions = _read(sweep / f"predictions_round{n}.json")
+        assert record["fit"]["n_runs"] == runs_before and record["fit"]["model"] == "scheffe_quadratic"
+        assert predictions["registered_at"] <= record["finished_at"]
+        assert len(record["points"]) == 3 and [p["shares"] for p in predictions["points"]] == [p["shares"] for p in record["points"]]
+        for point in record["points"]:
+            assert point["weights"] not in seen and point["why"]  # a new point each time, and why
+            seen.add(point["weights"])
+            assert sum(point["counts"].values()) == 100 and abs(sum(point["shares"].values()) - 1) < 1e-9
+            low, high = point["interval"]
+            assert low <= point["predicted"] <= high
+        assert record["score"]["n_points"] == 3 and record["score"]["coverage"] is not None
+        assert len(record["observed"]) == 3
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert "Mixture search: registered predictions per round" in page
+    mixture = _read(sweep / "mixture.json")
+    assert len(mixture["design"]) == 16  # the report's fit takes every round's points
+
+
+def test_a_dry_run_plans_the_design_and_says_rounds_follow():
+    result = _train("experiment=mixture_search", "mixture.rounds=3", "mixture.per_round=2", "seed=1,2", "dry_run=true", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "then 3 round(s) of the mixture search, 2 point(s) each x 2 run(s) per point" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("experiment=mixture_search", "mixture.rounds=1", "mixture.per_round=0"), "mixture.per_round: 0 is out of range; allowed: an integer >= 1"),
+        (("experiment=mixture_search", "mixture.rounds=1", "mixture.step=0.3"), "mixture.step: 0.3 is out of range"),
+        (("experiment=smoke", "seed=1,2", "mixture.rounds=1"), "mixture.rounds=1: the rounds choose mix.weights"),
+    ],
+)
+def test_bad_round_settings_are_refused_in_one_line(overrides, message):
+    result = _train(*overrides, "dry_run=true", timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("medinject: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
