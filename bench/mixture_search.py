@@ -2,7 +2,7 @@
 
     python bench/mixture_search.py --record tests/data/mixture_grid_known_answer.json.gz   # trains 66 x 2 runs
     python bench/mixture_search.py --replay tests/data/mixture_grid_known_answer.json.gz
-    python bench/mixture_search.py --synthetic tests/data/mixture_grid_planted.json.gz    # a planted grid, no training
+    python bench/mixture_search.py --synthetic tests/data/mixture_grid_planted.json.gz [--kind broad]  # planted, no training
 
 `--record` trains the dense grid through the real CLI: the 66 points of the 0.1 lattice on the three
 sources, seeds 1 and 2, on `experiment=known_answer_mixture` (the known-answer data and tiny preset
@@ -14,12 +14,13 @@ replacement (the same draw for every point) and, for every point, which of the g
 it gives: a run's score is that seed's mean over the drawn items. Strategies, one seed per point:
 
 * `sequential`: experiment=mixture_search's 10-point design, then rounds of `--per-round` points
-  chosen by expected improvement (medinject.report.search, as `mixture.rounds` does); recommends the
-  fitted surface's best lattice point after each round;
-* `fixed`: the 10-point design alone, recommending its fitted surface's best point;
+  chosen by expected improvement (medinject.report.search, as `mixture.rounds` does); after each
+  round it recommends the best lattice point, taking a point's observed score where it was run and
+  the fitted surface's elsewhere;
+* `fixed`: the 10-point design alone, recommending as the sequential search does;
 * `random`: lattice points in a random order, recommending the best observed so far;
 * `regmix`: one-shot regression as RegMix does it: n mixtures drawn from a flat Dirichlet (snapped to
-  the lattice), the surface fitted to their runs, its best point recommended; for n = 1, 2, ...
+  the lattice), the surface fitted to their runs, the recommendation as above; for n = 1, 2, ...
 
 A strategy has found the best mixture when its recommendation's grid score (mean over seeds and all
 items) is within one MDE of the grid's best. The MDE is `medinject.report.power.mde` at alpha 0.05
@@ -51,6 +52,12 @@ from medinject.report.registered import score_predictions  # noqa: E402
 from medinject.report.search import choose_points, fit_surface, register  # noqa: E402
 
 FORMAT = "medinject-mixture-grid/1"
+KINDS = {  # --synthetic --kind: planted grids (synthetic_grid's settings)
+    "planted": {},  # a quadratic surface, one point within an MDE of the best (tests/data/mixture_grid_planted.json.gz)
+    "broad": {"optimum": None, "seed_sd": 0.05, "noise_sd": 0.3},  # complementary sources: many points near the best
+    "logit-peak": {"optimum": None, "peak": (0.3, 0.2, 0.5), "seed_sd": 0.1, "noise_sd": 0.5},  # a peak the quadratic misfits
+    "binary": {"optimum": None, "seed_sd": 0.15, "noise_sd": 0.5, "binary": True},  # 0/1 items, like the known-answer task
+}
 SOURCES = ["native", "synthetic", "translated"]
 STEP = 0.1
 SEEDS = (1, 2)
@@ -65,10 +72,11 @@ def lattice(k: int = 3, steps: int = 10) -> list[tuple[int, ...]]:
 
 
 def write_grid(path: Path, grid: dict) -> None:
+    """Gzipped JSON, written beside and renamed into place; the same grid gives the same bytes (no mtime)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
-        json.dump(grid, handle, separators=(",", ":"))
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write(json.dumps(grid, separators=(",", ":")).encode("utf-8"))
     tmp.replace(path)
 
 
@@ -202,10 +210,14 @@ class Grid:
 
 
 def _recommend(grid: Grid, run: list[int], observed: np.ndarray) -> int:
+    """The best of what was seen and what is predicted where nothing was seen: the observed score at a
+    point run, the fitted surface's elsewhere (a misfit surface cannot hide a better point run)."""
     surface, _ = fit_surface(grid.components, grid.shares[run], observed[run])
     if surface is None:
         return run[int(np.argmax(observed[run]))]
-    return int(np.argmax(surface.mean(grid.shares)))
+    value = surface.mean(grid.shares)
+    value[run] = observed[run]
+    return int(np.argmax(value))
 
 
 def sequential(grid: Grid, observed: np.ndarray, per_round: int, registered: list):
@@ -298,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--record", type=Path, metavar="OUT", help="train the dense grid and save it here (.json.gz)")
     what.add_argument("--replay", type=Path, metavar="GRID", help="replay the strategies against a grid file")
     what.add_argument("--synthetic", type=Path, metavar="OUT", help="write a planted synthetic grid (no training)")
+    parser.add_argument("--kind", choices=sorted(KINDS), default="planted", help="--synthetic: which planted grid")
     parser.add_argument("--sweep-dir", type=Path, default=ROOT / "multirun_outputs" / "mixture_grid", help="--record: where the runs go")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=3)
@@ -309,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.record:
         record(args.record, args.sweep_dir.resolve(), extra)
     elif args.synthetic:
-        write_grid(args.synthetic, synthetic_grid(args.seed))
+        write_grid(args.synthetic, synthetic_grid(args.seed, **KINDS[args.kind]))
         print(args.synthetic)
     else:
         result = replay(Grid(read_grid(args.replay)), args.replays, args.per_round, args.seed)

@@ -162,3 +162,24 @@ def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
     quotas7, _, _, realized7 = candidates(candidate_lattice(3, 0.5), ["native", "synthetic", "translated"], 7, {}, False, set())
     assert all(sum(q.values()) == 7 for q in quotas7) and np.allclose(realized7.sum(axis=1), 1)
     assert {tuple(sorted(q.values())) for q in quotas7} == {(0, 0, 7), (0, 3, 4)}
+
+
+def test_the_bench_prints_runs_needed_as_ratios_and_the_coverage(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    grid = tmp_path / "broad.json.gz"
+    made = subprocess.run([sys.executable, "bench/mixture_search.py", "--synthetic", str(grid), "--kind", "broad"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = subprocess.run([sys.executable, "bench/mixture_search.py", "--replay", str(grid), "--replays", "2", "--json", str(tmp_path / "r.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[:4] == ["strategy", "median", "runs", "/"]
+    assert [line.split()[0] for line in lines[2:6]] == ["sequential", "fixed", "random", "regmix"]
+    assert lines[3].split()[2] == "1.00" and lines[4].split()[3] == "1.00"  # fixed / fixed, random / random
+    assert "registered 95% intervals of the sequential search" in lines[6]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["runs_needed"]["random"]) == 2 and result["median"]["fixed"] >= 10
