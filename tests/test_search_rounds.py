@@ -5,6 +5,7 @@ in one line naming the key."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,3 +119,22 @@ def test_bad_round_settings_are_refused_in_one_line(overrides, message):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("medinject: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.environ.get("SLURM_CONF"), reason="no SLURM cluster: run `bash slurm/start.sh` and export the SLURM_CONF it prints")
+def test_on_slurm_the_design_and_each_round_are_job_arrays_of_their_own(tmp_path):
+    sweep = tmp_path / "sweep"
+    design = ("mix.weights={native:1,synthetic:0,translated:0},{native:0,synthetic:1,translated:0},{native:0,synthetic:0,translated:1},"
+              "{native:0.5,synthetic:0.5,translated:0},{native:0.3333333,synthetic:0.3333333,translated:0.3333334}")  # fmt: skip
+    result = _train("experiment=mixture_search", design, "mixture.rounds=1", "mixture.per_round=2", "model=tiny", "trainer.max_steps=2",
+                    "eval.limit=4", "eval.tasks=[mcqu]", "logger=none", "trainer.enable_progress_bar=false", "mix.budget=24",
+                    "hydra/launcher=slurm_onenode", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = _read(sweep / "round1.json")
+    assert record["status"] == "finished" and len(record["points"]) == 2
+    assert record["fit"]["model"] == "scheffe_linear" and record["fit"]["n_runs"] == 5  # 5 runs: the quadratic's 6 coefficients need more
+    summary = _read(sweep / "sweep_summary.json")
+    assert summary["counts"]["completed"] == 7 and summary["status"] == "completed"
+    tasks = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    arrays = sorted({t.split("_")[0] for t in tasks}, key=int)
+    assert len(arrays) == 2 and sorted(t for t in tasks if t.startswith(arrays[1] + "_")) == [f"{arrays[1]}_0", f"{arrays[1]}_1"]

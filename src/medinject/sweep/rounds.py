@@ -14,9 +14,9 @@ In the sweep dir, each round N leaves (written atomically):
 * `predictions_round<N>.json` (N >= 1): the predicted scores and 95% prediction intervals, written
   before the round's first job starts and never rewritten (`medinject.report.registered`).
 
-Resuming: a round whose record exists reruns exactly its recorded points; their completed runs are
-skipped (`skip_completed`), as every rerun of a sweep skips them, and a finished round's score is
-kept. So a sweep killed during round 2 continues round 2 when the command is run again; round 1 is
+Resuming: a round whose record exists reruns exactly its recorded points, with the command's other
+settings and seeds as the design is rerun; their completed runs are skipped (`skip_completed`), as
+every rerun of a sweep skips them, and a finished round's score is kept. So a sweep killed during round 2 continues round 2 when the command is run again; round 1 is
 neither chosen again nor trained again.
 """
 
@@ -99,7 +99,9 @@ class SearchRounds:
             if not record["points"]:
                 _say(f"round {number} has no point to run ({record.get('note')}); the search stops")
                 break
-            round_jobs = [list(job) for point in record["points"] for job in point["jobs"]]
+            # the recorded points with this command's other settings and seeds (the design's, as rerun now)
+            point_jobs = [[_with_weights(variant, point["weights"]) for variant in self.variants] for point in record["points"]]
+            round_jobs = [job for jobs_of_point in point_jobs for job in jobs_of_point]
             first = len(jobs)
             _say(f"round {number} of {self.rounds}: {len(record['points'])} point(s), {len(round_jobs)} job(s); "
                  f"fit before it: {record.get('fit_reason')}; predictions in {PREDICTIONS.format(n=number)}")
@@ -107,7 +109,7 @@ class SearchRounds:
             self.sweeper.launch_batches(sweep_dir, jobs, returns)
             ended = jobs[first:]
             if record.get("status") != "finished":
-                record = self._score(record, ended)
+                record = self._score(record, ended, point_jobs)
                 write_json_atomic(path, record)
                 score = record["score"]
                 _say(f"round {number} scored: {score['n_points']} point(s), Spearman {_fmt(score['spearman'])}, "
@@ -141,11 +143,11 @@ class SearchRounds:
                               f"(mix.allow_repeat={str(self.allow_repeat).lower()})")  # fmt: skip
         return record
 
-    def _score(self, record: dict, ended: list[dict]) -> dict:
+    def _score(self, record: dict, ended: list[dict], point_jobs: list[list[list[str]]]) -> dict:
         by_job = {tuple(_strip(e["overrides"])): e for e in ended}
         observed = []
-        for point in record["points"]:
-            values = [_run_score(by_job.get(tuple(job)), record["metric"]) for job in point["jobs"]]
+        for jobs_of_point in point_jobs:
+            values = [_run_score(by_job.get(tuple(job)), record["metric"]) for job in jobs_of_point]
             values = [v for v in values if v is not None]
             observed.append(float(np.mean(values)) if values else None)
         score = score_predictions([p.get("predicted") for p in record["points"]], [p.get("interval") for p in record["points"]], observed)
