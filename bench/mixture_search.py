@@ -19,6 +19,8 @@ it gives: a run's score is that seed's mean over the drawn items. Strategies, on
   the fitted surface's elsewhere;
 * `fixed`: the 10-point design alone, recommending as the sequential search does;
 * `random`: lattice points in a random order, recommending the best observed so far;
+* `sequential-gp` (`--gp`): the sequential search with a Gaussian process in place of the surface,
+  for comparison (constant mean, squared-exponential kernel, hyperparameters by marginal likelihood);
 * `regmix`: one-shot regression as RegMix does it: n mixtures drawn from a flat Dirichlet (snapped to
   the lattice), the surface fitted to their runs, the recommendation as above; for n = 1, 2, ...
 
@@ -57,6 +59,7 @@ KINDS = {  # --synthetic --kind: planted grids (synthetic_grid's settings)
     "broad": {"optimum": None, "seed_sd": 0.05, "noise_sd": 0.3},  # complementary sources: many points near the best
     "logit-peak": {"optimum": None, "peak": (0.3, 0.2, 0.5), "seed_sd": 0.1, "noise_sd": 0.5},  # a peak the quadratic misfits
     "binary": {"optimum": None, "seed_sd": 0.15, "noise_sd": 0.5, "binary": True},  # 0/1 items, like the known-answer task
+    "sharp-peak": {"optimum": None, "peak": (0.3, 0.2, 0.5), "seed_sd": 0.02, "noise_sd": 0.1},  # misfit, and no design point near it
 }
 SOURCES = ["native", "synthetic", "translated"]
 STEP = 0.1
@@ -237,6 +240,67 @@ def sequential(grid: Grid, observed: np.ndarray, per_round: int, registered: lis
     return steps
 
 
+class _GP:
+    """A Gaussian process on the shares, for comparison only (what BoTorch's default would be): constant
+    mean, squared-exponential kernel, lengthscale and noise share chosen by marginal likelihood on a grid."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.mu, self.var = x, float(y.mean()), float(max(y.var(), 1e-12))
+        best = None
+        for length in (0.1, 0.2, 0.4, 0.8):
+            for noise in (0.01, 0.05, 0.2, 0.5):
+                k = self._k(x, x, length) + noise * self.var * np.eye(len(x))
+                chol = np.linalg.cholesky(k)
+                alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - self.mu))
+                fit = -0.5 * (y - self.mu) @ alpha - np.log(np.diag(chol)).sum()
+                if best is None or fit > best[0]:
+                    best = (fit, length, noise, k, alpha)
+        _, self.length, noise, self.k, self.alpha = best
+        self.noise = noise * self.var
+
+    def _k(self, a, b, length=None):
+        return self.var * np.exp(-0.5 * ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2) / (length or self.length) ** 2)
+
+    def posterior(self, z: np.ndarray, extra: np.ndarray | None = None):
+        x = self.x if extra is None else np.vstack([self.x, extra])
+        k = self._k(x, x) + np.diag([self.noise] * len(self.x) + [1e-9] * (0 if extra is None else len(extra)))
+        cross = self._k(z, x)
+        mean = self.mu + self._k(z, self.x) @ self.alpha
+        var = self.var - np.einsum("ij,ji->i", cross, np.linalg.solve(k, cross.T))
+        return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def sequential_gp(grid: Grid, observed: np.ndarray, per_round: int, registered: list):
+    """The sequential search with a GP in place of the Scheffé surface (EI, believer batches, the same recommendation)."""
+    from medinject.report.search import expected_improvement
+
+    def recommend(gp, run):
+        value = gp.posterior(grid.shares)[0]
+        value[run] = observed[run]
+        return int(np.argmax(value))
+
+    run = list(grid.design)
+    gp = _GP(grid.shares[run], observed[run])
+    steps = [(len(run), recommend(gp, run))]
+    while len(run) < len(grid.truth):
+        gp = _GP(grid.shares[run], observed[run])
+        best = float(gp.posterior(grid.shares[run])[0].max())
+        picks: list[int] = []
+        for _ in range(per_round):
+            mean, sd = gp.posterior(grid.shares, grid.shares[picks] if picks else None)
+            ei = expected_improvement(mean, sd, best)
+            ei[run + picks] = -np.inf
+            if not np.isfinite(ei).any():
+                break
+            picks.append(int(np.argmax(ei)))
+        mean, sd = gp.posterior(grid.shares[picks])
+        half = 1.96 * np.sqrt(sd**2 + gp.noise)
+        registered.extend((float(m), [float(m - h), float(m + h)], float(observed[p])) for m, h, p in zip(mean, half, picks))
+        run += picks
+        steps.append((len(run), recommend(_GP(grid.shares[run], observed[run]), run)))
+    return steps
+
+
 def fixed(grid: Grid, observed: np.ndarray):
     return [(len(grid.design), _recommend(grid, list(grid.design), observed))]
 
@@ -264,17 +328,21 @@ def runs_needed(grid: Grid, steps, tolerance: float) -> float:
     return next((float(n) for n, pick in steps if grid.truth[pick] >= goal), math.inf)
 
 
-def replay(grid: Grid, replays: int = 20, per_round: int = 3, seed: int = 0) -> dict:
+def replay(grid: Grid, replays: int = 20, per_round: int = 3, seed: int = 0, gp: bool = False) -> dict:
     tolerance, components = grid.mde()
     rng = np.random.default_rng(seed)
-    needed: dict[str, list[float]] = {name: [] for name in ("sequential", "fixed", "random", "regmix")}
+    names = ("sequential", "fixed", "random", "regmix") + (("sequential-gp",) if gp else ())
+    needed: dict[str, list[float]] = {name: [] for name in names}
     registered: list = []
+    registered_gp: list = []
     for _ in range(replays):
         observed = grid.draw(rng)
         needed["sequential"].append(runs_needed(grid, sequential(grid, observed, per_round, registered), tolerance))
         needed["fixed"].append(runs_needed(grid, fixed(grid, observed), tolerance))
         needed["random"].append(runs_needed(grid, random_search(grid, observed, rng), tolerance))
         needed["regmix"].append(runs_needed(grid, regmix(grid, observed, rng), tolerance))
+        if gp:
+            needed["sequential-gp"].append(runs_needed(grid, sequential_gp(grid, observed, per_round, registered_gp), tolerance))
     medians = {name: float(np.median(values)) for name, values in needed.items()}
     score = score_predictions(*zip(*registered)) if registered else {}
     return {"n_points": len(grid.truth), "best": dict(zip(grid.components, grid.shares[grid.best].round(4).tolist())),
@@ -282,7 +350,8 @@ def replay(grid: Grid, replays: int = 20, per_round: int = 3, seed: int = 0) -> 
             "per_round": per_round, "runs_needed": needed, "median": medians,
             "ratio_to_fixed": {n: _ratio(m, medians["fixed"]) for n, m in medians.items()},
             "ratio_to_random": {n: _ratio(m, medians["random"]) for n, m in medians.items()},
-            "coverage": score.get("coverage"), "registered": score.get("n_points", 0), "mae": score.get("mae"), "spearman": score.get("spearman")}  # fmt: skip
+            "coverage": score.get("coverage"), "registered": score.get("n_points", 0), "mae": score.get("mae"), "spearman": score.get("spearman"),
+            "coverage_gp": score_predictions(*zip(*registered_gp))["coverage"] if registered_gp else None}  # fmt: skip
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -293,14 +362,19 @@ def _show(result: dict) -> str:
     cap = result["n_points"]
     lines = [f"grid: {cap} points, best {result['best']} scores {result['best_score']:.4f}; one MDE = {result['mde']:.4f} "
              f"(power.mde, alpha 0.05, {result['components']['n_seeds']} seeds, {result['components']['n_items']} items)",
-             f"{'strategy':<11} {'median runs':>11} {'/ fixed':>8} {'/ random':>9}   (median over {result['replays']} replays)"]  # fmt: skip
+             f"{'strategy':<13} {'median runs':>11} {'/ fixed':>8} {'/ random':>9} {'found <= 10':>11} {'mean runs':>9}   "
+             f"(over {result['replays']} replays; mean: not found counts {cap + 1})"]  # fmt: skip
     for name, median in result["median"].items():
         runs = f"{median:g}" if math.isfinite(median) else f">{cap}"
         fmt = lambda r: "—" if r is None else f"{r:.2f}"  # noqa: E731
-        lines.append(f"{name:<11} {runs:>11} {fmt(result['ratio_to_fixed'][name]):>8} {fmt(result['ratio_to_random'][name]):>9}")
+        each = np.array(result["runs_needed"][name])
+        found, mean = f"{np.mean(each <= 10):.0%}", f"{np.mean(np.where(np.isfinite(each), each, cap + 1)):.1f}"
+        lines.append(f"{name:<13} {runs:>11} {fmt(result['ratio_to_fixed'][name]):>8} {fmt(result['ratio_to_random'][name]):>9} {found:>11} {mean:>9}")
     if result["coverage"] is not None:
         lines.append(f"registered 95% intervals of the sequential search: {result['coverage']:.1%} of {result['registered']} observed means inside; "
                      f"mean abs. error {result['mae']:.4f}")  # fmt: skip
+    if result.get("coverage_gp") is not None:
+        lines.append(f"the GP's 95% intervals (sequential-gp): {result['coverage_gp']:.1%} inside")
     return "\n".join(lines)
 
 
@@ -315,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gp", action="store_true", help="--replay: also the sequential search with a Gaussian process (comparison)")
     parser.add_argument("--json", type=Path, default=None, help="--replay: also write the numbers here")
     args, extra = parser.parse_known_args(argv)
     if extra and not args.record:
@@ -325,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         write_grid(args.synthetic, synthetic_grid(args.seed, **KINDS[args.kind]))
         print(args.synthetic)
     else:
-        result = replay(Grid(read_grid(args.replay)), args.replays, args.per_round, args.seed)
+        result = replay(Grid(read_grid(args.replay)), args.replays, args.per_round, args.seed, args.gp)
         print(_show(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

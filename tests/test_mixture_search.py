@@ -178,7 +178,7 @@ def test_the_bench_prints_runs_needed_as_ratios_and_the_coverage(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[1].split()[:4] == ["strategy", "median", "runs", "/"]
-    assert [line.split()[0] for line in lines[2:6]] == ["sequential", "fixed", "random", "regmix"]
+    assert [line.split()[0] for line in lines[2:6]] == ["sequential", "fixed", "random", "regmix"] and "found <= 10" in lines[1]
     assert lines[3].split()[2] == "1.00" and lines[4].split()[3] == "1.00"  # fixed / fixed, random / random
     assert "registered 95% intervals of the sequential search" in lines[6]
     result = json.loads((tmp_path / "r.json").read_text())
