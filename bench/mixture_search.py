@@ -131,12 +131,14 @@ def synthetic_grid(seed: int = 0, n_items: int = 96, seed_sd: float = 0.002, noi
             "planted_best": points[int(np.argmax(truth))]["shares"]}  # fmt: skip
 
 
-def record(out: Path, sweep_dir: Path, extra: list[str]) -> None:
-    """Train the grid through the CLI (completed runs are skipped on a rerun) and save its scores."""
-    weights = ",".join("{" + ",".join(f"{s}:{v / 10:g}" for s, v in zip(SOURCES, c)) + "}" for c in lattice())
+def record(out: Path, sweep_dir: Path, extra: list[str], n_points: int | None = None) -> None:
+    """Train the grid through the CLI (completed runs are skipped on a rerun) and save its scores;
+    `n_points`: only the first points of the lattice (a smoke test of the recording)."""
+    wanted = lattice()[:n_points]
+    weights = ",".join("{" + ",".join(f"{s}:{v / 10:g}" for s, v in zip(SOURCES, c)) + "}" for c in wanted)
     command = [sys.executable, "train.py", "-m", "experiment=known_answer_mixture", f"mix.weights={weights}",
                f"seed={','.join(map(str, SEEDS))}", "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}", *extra]  # fmt: skip
-    print(f"training the grid: {len(lattice())} points x {len(SEEDS)} seeds -> {sweep_dir}", flush=True)
+    print(f"training the grid: {len(wanted)} points x {len(SEEDS)} seeds -> {sweep_dir}", flush=True)
     done = subprocess.run(command, cwd=ROOT, check=False)
     truth = json.loads((sweep_dir / "truth.json").read_text())
     metric = truth["metric"]
@@ -162,12 +164,12 @@ def record(out: Path, sweep_dir: Path, extra: list[str]) -> None:
         total = sum(counts.values())
         point = by_point.setdefault(key, {"lattice": list(key), "shares": {s: round(counts.get(s, 0) / total, 4) for s in SOURCES}, "scores": {}})
         point["scores"][str(job["seed"])] = [float(r[field]) for r in rows]
-    points = [by_point[k] for k in lattice() if k in by_point and len(by_point[k]["scores"]) == len(SEEDS)]
+    points = [by_point[k] for k in wanted if k in by_point and len(by_point[k]["scores"]) == len(SEEDS)]
     grid = {"format": FORMAT, "metric": metric, "components": SOURCES, "step": STEP, "seeds": list(SEEDS), "items": items or [],
             "points": points, "source": f"recorded: {' '.join(command[1:3])} ... in {sweep_dir}", "planted_best": truth.get("optimum")}  # fmt: skip
     write_grid(out, grid)
-    print(f"{out}: {len(points)} of {len(lattice())} points with every seed ({metric})")
-    if done.returncode != 0 or len(points) < len(lattice()):
+    print(f"{out}: {len(points)} of {len(wanted)} points with every seed ({metric})")
+    if done.returncode != 0 or len(points) < len(wanted):
         sys.exit(1)
 
 
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--record", type=Path, metavar="OUT", help="train the dense grid and save it here (.json.gz)")
     what.add_argument("--replay", type=Path, metavar="GRID", help="replay the strategies against a grid file")
     what.add_argument("--synthetic", type=Path, metavar="OUT", help="write a planted synthetic grid (no training)")
+    parser.add_argument("--points", type=int, default=None, help="--record: only the first N lattice points (a smoke test)")
     parser.add_argument("--kind", choices=sorted(KINDS), default="planted", help="--synthetic: which planted grid")
     parser.add_argument("--sweep-dir", type=Path, default=ROOT / "multirun_outputs" / "mixture_grid", help="--record: where the runs go")
     parser.add_argument("--replays", type=int, default=20)
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     if extra and not args.record:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.record:
-        record(args.record, args.sweep_dir.resolve(), extra)
+        record(args.record, args.sweep_dir.resolve(), extra, args.points)
     elif args.synthetic:
         write_grid(args.synthetic, synthetic_grid(args.seed, **KINDS[args.kind]))
         print(args.synthetic)
