@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,8 @@ class SearchRounds:
 
     # ------------------------------------------------------------------------------------ the loop
 
-    def run(self, sweep_dir: Path, jobs: list[dict], returns: list) -> None:
+    def run(self, sweep_dir: Path, jobs: list[dict], returns: list, save_summary: Callable[[list[dict]], object]) -> None:
+        """Every round after the design (whose job entries `jobs` holds); `save_summary(jobs)` after each."""
         metric = self._metric(sweep_dir, jobs)
         if not (sweep_dir / ROUND.format(n=0)).is_file():
             design = {"round": 0, "status": "finished", "metric": metric, "components": self.components, "budget": self.budget,
@@ -114,9 +116,7 @@ class SearchRounds:
                 score = record["score"]
                 _say(f"round {number} scored: {score['n_points']} point(s), Spearman {_fmt(score['spearman'])}, "
                      f"{_fmt(score['coverage'])} inside the 95% intervals, mean abs. error {_fmt(score['mae'])}")
-            from medinject.sweep.sweeper import write_summary
-
-            write_summary(sweep_dir, jobs)
+            save_summary(jobs)  # sweep_summary.json as far as the sweep got
 
     def _plan(self, number: int, metric: str, jobs: list[dict]) -> dict:
         shares, scores, trained, rows = self._observations(jobs, metric)

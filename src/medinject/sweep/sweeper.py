@@ -104,7 +104,7 @@ class SweeperWithSummary(BasicSweeper):
         self.launch_batches(sweep_dir, jobs, returns)
         if search is not None:  # the rounds after the design: fit, choose, register, run, score (sweep/rounds.py)
             try:
-                search.run(sweep_dir, jobs, returns)
+                search.run(sweep_dir, jobs, returns, lambda entries: write_summary(sweep_dir, entries))
             except UserError as err:
                 write_summary(sweep_dir, jobs)
                 _exit(2, str(err))
