@@ -33,7 +33,7 @@ RESUMABLE = ("experiment=smoke", "logger=csv", "trainer.enable_progress_bar=fals
 # Modules whose every test runs something whole: CLI runs and sweeps, the SLURM cluster, Chromium, a vLLM
 # engine, lm-eval. With every `slow` test and the tests marked `e2e` in other modules they form the
 # end-to-end tier, which `make test-fast` leaves out.
-E2E_MODULES = {"test_base_model", "test_cli", "test_gpu", "test_lm_eval", "test_mixture_sweep", "test_read_only", "test_report", "test_resume",
+E2E_MODULES = {"test_base_model", "test_cli", "test_gpu", "test_lm_eval", "test_mixture_sweep", "test_read_only", "test_report", "test_resume", "test_search_rounds",
                "test_review", "test_run", "test_slurm", "test_summary", "test_sweep_progress", "test_vllm", "test_vllm_run", "test_wandb"}
 
 

@@ -27,7 +27,7 @@ def test_run_control_keys_do_not_move_a_run_and_result_keys_do():
     base = run_name(compose_cfg("experiment=smoke"))
     for cosmetic in ("trainer.enable_progress_bar=false", "data.cache=false", "trainer.log_every_n_steps=7",
                      "trainer.checkpoint_every_n_steps=3", "logger=csv", "skip_completed=false", "sweep_name=other",
-                     "paths.cache_dir=/elsewhere", "eval.judge.timeout_s=5", "eval.device=cpu"):
+                     "paths.cache_dir=/elsewhere", "eval.judge.timeout_s=5", "eval.device=cpu", "mixture.rounds=3", "mixture.per_round=5"):
         assert run_name(compose_cfg("experiment=smoke", cosmetic)) == base, cosmetic
     for decisive in ("optim.lr=1e-3", "seed=1", "trainer.max_steps=5", "adapter=lora", "eval.limit=3",
                      "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping"):

@@ -241,6 +241,17 @@ class PlanConfig:
 
 
 @dataclass
+class MixtureSearchConfig:
+    """The sequential mixture search (medinject.sweep.rounds): after a `mix.weights` design, rounds of
+    points chosen on the fitted surface, each round's predictions registered before it runs."""
+
+    rounds: int = 0  # rounds after the initial design (0: the design only)
+    per_round: int = 3  # points per round (each run with every seed of the design)
+    metric: Optional[str] = None  # eval/<test set>/<task>/<metric> to maximise; None: truth.json's, else the first main metric
+    step: float = 0.05  # candidate points: the lattice of shares in multiples of this
+
+
+@dataclass
 class ReportConfig:
     baseline: Optional[str] = "native"  # the data config every other one is compared with (paired, per item)
 
@@ -282,4 +293,5 @@ class RunConfig:
     wait_for_lock: bool = unhashed(False)  # another process runs in this directory: wait for it (else stop at once)
     dry_run: bool = unhashed(False)  # multirun: compose and check every job, print its plan, submit nothing
     report: ReportConfig = unhashed(factory=ReportConfig)  # the report built when a multirun ends
+    mixture: MixtureSearchConfig = unhashed(factory=MixtureSearchConfig)  # rounds of the mixture search (multirun)
     plan: PlanConfig = unhashed(factory=PlanConfig)

@@ -28,6 +28,7 @@ from pathlib import Path
 from medinject.report.cells import ALPHA, MAIN_METRICS, by_task, metric_names, power_json, report_statistics, score_table
 from medinject.report.curves import curves_report
 from medinject.report.mixture import pilot_seed_variances
+from medinject.report.registered import rounds_section
 from medinject.report.plots import plot_bars, plot_curves, plot_heatmap, plot_judge_vs_length, plot_mixture, judge_points, save_png, slug
 from medinject.report.render import (DEMO_BANNER, MODEL_NOTES, Table, build_tables, exchange_table, method_notes, mixture_table, report_html,
                                      summary_csv, summary_markdown)
@@ -137,6 +138,9 @@ def build_report(
     design_tables, design_plots, design_notes = design_outputs(out, runs, metrics, main, test_sets, n_resamples, seed, mixture)
     plots += design_plots
     notes += design_notes
+    if (rounds := rounds_section(sweep_dir)) is not None:  # the mixture search's registered predictions (report/registered.py)
+        design_tables.append(Table(*rounds[:3]))
+        notes += rounds[3]
 
     tables = build_tables(runs, configs, metrics, cells, baseline) + design_tables
     truth = read_truth(sweep_dir)

@@ -54,6 +54,7 @@ class SweeperWithSummary(BasicSweeper):
         self.hydra_context = None
         self.config = None
         self.launcher = None
+        self._batch_size, self._gpu_plan = None, None
 
     def sweep(self, arguments: list[str]) -> Any:
         from medinject.sweep.devices import check_launcher, local_gpu_plan
@@ -69,10 +70,18 @@ class SweeperWithSummary(BasicSweeper):
         if gpu_plan is not None:  # no more jobs at once than GPUs for them, each on its own
             batch_size = min(batch_size or gpu_plan.jobs_at_once, gpu_plan.jobs_at_once)
             log.info("local launcher: %d job(s) at a time, %d GPU(s) each", batch_size, gpu_plan.per_job)
+        self._batch_size, self._gpu_plan = batch_size, gpu_plan
         self.overrides = self.split_arguments(overrides, batch_size)
         if gpu_plan is not None:
-            self.overrides = [[[*job, f"trainer.local_gpus=[{','.join(map(str, gpu_plan.gpus(k)))}]"] for k, job in enumerate(batch)]
-                              for batch in self.overrides]
+            self.overrides = [self._with_gpus(batch) for batch in self.overrides]
+        search = None
+        if (OmegaConf.select(self.config, "mixture.rounds") or 0) != 0:  # the sequential mixture search
+            from medinject.sweep.rounds import SearchRounds
+
+            try:
+                search = SearchRounds(self, [job for batch in self.overrides for job in batch])
+            except UserError as err:
+                _exit(2, str(err))
         if self.config.dry_run:  # plans only: nothing is written to the sweep dir, nothing launched
             from medinject.sweep.plan import print_plans
 
@@ -80,6 +89,8 @@ class SweeperWithSummary(BasicSweeper):
                 print_plans([self._job_config(job) for batch in self.overrides for job in batch])
             except UserError as err:
                 _exit(2, str(err))
+            if search is not None:
+                print(search.dry_run_note())
             return []
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -90,22 +101,13 @@ class SweeperWithSummary(BasicSweeper):
         jobs: list[dict] = []
         returns: list[Sequence[JobReturn]] = []
         watch = self._watch_pending()
-        progress = self._watch_progress(sweep_dir)
-        while not self.is_done():
-            batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
-            launch_error = None
+        self.launch_batches(sweep_dir, jobs, returns)
+        if search is not None:  # the rounds after the design: fit, choose, register, run, score (sweep/rounds.py)
             try:
-                results = self.launcher.launch(batch, initial_job_idx=len(jobs))
-            except Exception as err:  # e.g. submitit: a job ended without writing its result
-                log.error("the launcher failed: %s", err)
-                results, launch_error = [None] * len(batch), err
-            returns.append([r for r in results if r is not None])
-            ended = [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
-            progress.launched(ended)
-            jobs += ended
-
-        progress.stop()
+                search.run(sweep_dir, jobs, returns, lambda entries: write_summary(sweep_dir, entries))
+            except UserError as err:
+                write_summary(sweep_dir, jobs)
+                _exit(2, str(err))
         if watch is not None:
             watch.stop()
         summary = write_summary(sweep_dir, jobs)
@@ -119,18 +121,50 @@ class SweeperWithSummary(BasicSweeper):
             _exit(1, f"{len(bad)} of {summary['n_jobs']} jobs did not complete: {names}; see {sweep_dir / SUMMARY}")
         return returns
 
-    def _watch_progress(self, sweep_dir: Path):
+    def launch_batches(self, sweep_dir: Path, jobs: list[dict], returns: list) -> None:
+        """Hand every batch of `self.overrides` to the launcher; each job's entry is appended to `jobs`
+        (numbered on from those already there)."""
+        progress = self._watch_progress(sweep_dir, jobs)
+        self.batch_index = 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            launch_error = None
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=len(jobs))
+            except Exception as err:  # e.g. submitit: a job ended without writing its result
+                log.error("the launcher failed: %s", err)
+                results, launch_error = [None] * len(batch), err
+            returns.append([r for r in results if r is not None])
+            ended = [self._job_entry(len(jobs) + i, job, result, launch_error) for i, (job, result) in enumerate(zip(batch, results))]
+            progress.launched(ended)
+            jobs += ended
+        progress.stop()
+
+    def batches(self, jobs: list[list[str]]) -> list[list[list[str]]]:
+        """Jobs (override lists) in the launcher's batches, each with its GPUs on the local launcher."""
+        size = self._batch_size or max(1, len(jobs))
+        return [self._with_gpus(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+
+    def _with_gpus(self, batch):
+        plan = self._gpu_plan
+        if plan is None:
+            return [list(job) for job in batch]
+        return [[*job, f"trainer.local_gpus=[{','.join(map(str, plan.gpus(k)))}]"] for k, job in enumerate(batch)]
+
+    def _watch_progress(self, sweep_dir: Path, earlier: Sequence[dict] = ()):
         """Every planned job in the sweep's job list (`rundir.SWEEP_JOBS`, what `python -m
-        medinject.sweep.status` reads while the sweep runs), and a watch that logs a line each time one
-        of them ends."""
+        medinject.sweep.status` reads while the sweep runs; the jobs of earlier batches first), and a
+        watch that logs a line each time one of this launch's jobs ends."""
         from medinject.sweep.progress import ProgressWatch, parallel_jobs
 
         planned = []
         for job in (job for batch in self.overrides for job in batch):
             cfg = self._job_config(job)
             run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
-            planned.append({"num": len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
-        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(planned), "jobs": planned})
+            planned.append({"num": len(earlier) + len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
+        every = [{k: job[k] for k in ("num", "overrides", "run_dir", "data", "seed")} for job in earlier] + planned
+        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(every), "jobs": every})
         batch = max((len(b) for b in self.overrides), default=1)
         progress = ProgressWatch(planned, parallel_jobs(self.config.hydra.get("launcher"), batch))
         progress.start()
