@@ -191,7 +191,7 @@ class SearchRounds:
         truth = _read(sweep_dir / "truth.json")
         if isinstance(truth, dict) and truth.get("metric") in common:
             return truth["metric"]
-        from medinject.report.build import MAIN_METRICS
+        from medinject.report.cells import MAIN_METRICS
 
         evals = sorted(m for m in common if m.startswith("eval/") and len(m.split("/")) == 4)
         for main in MAIN_METRICS:
