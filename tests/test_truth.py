@@ -43,6 +43,8 @@ def test_the_planted_ranking_differences_and_optimum_are_recovered(tmp_path):
     assert optimum["found"] is not None and optimum["largest_share_error"] <= 0.1 and optimum["region_covers_planted"]
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert f"Planted truth ({METRIC}) against what this report found" in page and "Kendall τ" in page
+    picture = tmp_path / "truth.png"  # planted against found, the README's picture of the known-answer study
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 'alt="truth"' in page
 
 
 def test_flat_truth_has_no_false_finding_and_no_optimum(tmp_path):

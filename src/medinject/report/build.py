@@ -29,7 +29,7 @@ from medinject.report.cells import ALPHA, MAIN_METRICS, by_task, metric_names, p
 from medinject.report.curves import curves_report
 from medinject.report.mixture import pilot_seed_variances
 from medinject.report.registered import rounds_section
-from medinject.report.plots import plot_bars, plot_curves, plot_heatmap, plot_judge_vs_length, plot_mixture, judge_points, save_png, slug
+from medinject.report.plots import plot_bars, plot_curves, plot_heatmap, plot_judge_vs_length, plot_mixture, plot_truth, judge_points, save_png, slug
 from medinject.report.render import (DEMO_BANNER, MODEL_NOTES, Table, build_tables, exchange_table, method_notes, mixture_table, report_html,
                                      summary_csv, summary_markdown)
 from medinject.report.runs import Run, config_order, load_runs
@@ -148,6 +148,8 @@ def build_report(
         check = truth_check(truth, cells, baseline, mixture, ALPHA)
         write_text_atomic(out / rundir.TRUTH_CHECK, json.dumps(check, indent=2) + "\n")
         tables.insert(1, Table(f"Planted truth ({truth['metric']}) against what this report found", ["", "planted", "found"], truth_rows(check)))
+        if check["configs"]:
+            plots.insert(0, plot_truth(out / "truth.png", truth, check, cells))
         notes.append(f"{rundir.TRUTH}: planted {truth['metric']}; the comparison is in {rundir.TRUTH_CHECK} and the table 'Planted truth'")
     lead = lead_summary(configs, metrics, cells, baseline, MAIN_METRICS, n_compared)
     if baseline:

@@ -205,3 +205,31 @@ def plot_curves(out: Path, curves: dict, names: list[str]) -> Path:
     fig.suptitle("Learning curves: mean over seeds and items per budget, fitted y = a + b n^-c", fontsize=10)
     fig.tight_layout()
     return save_png(fig, out)
+
+
+def plot_truth(out: Path, truth: dict, check: dict, cells: dict) -> Path:
+    """A known-answer sweep: each config's planted score (x) against the score found (y, mean over seeds
+    and items with its 95% CI), the line where they agree, and the rank agreement in the title."""
+    from matplotlib.figure import Figure
+
+    metric = truth["metric"]
+    configs = [c for c in check["configs"] if (c, metric) in cells]
+    planted = np.array([truth["expected"][c] for c in configs])
+    found = [cells[(c, metric)].estimate for c in configs]
+    means = np.array([e.mean for e in found])
+    errors = np.clip(np.vstack([means - [e.low for e in found], [e.high for e in found] - means]), 0, None)
+    fig = Figure(figsize=(6.4, 5.2))
+    ax = fig.subplots()
+    ends = [min(planted.min(), (means - errors[0]).min()) - 0.03, max(planted.max(), (means + errors[1]).max()) + 0.03]
+    ax.plot(ends, ends, color="tab:gray", linestyle="--", linewidth=1, label="found = planted")
+    ax.errorbar(planted, means, yerr=errors, fmt="o", color="tab:blue", ecolor="black", capsize=3, label="found, 95% CI")
+    for x, y, config in zip(planted, means, configs):
+        ax.annotate(config, (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
+    ax.set_xlabel(f"planted ({metric})")
+    ax.set_ylabel("found: mean over seeds and items")
+    tau = (check.get("ranking") or {}).get("kendall_tau")
+    seeds = "/".join(map(str, sorted({e.n_seeds for e in found})))
+    ax.set_title(f"Known answer: planted against found (Kendall τ {'n/a' if tau is None else f'{tau:.2f}'}, {seeds} seeds)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return save_png(fig, out)
