@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, compose_cfg
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -69,3 +69,25 @@ def test_the_sweep_command_refuses_ddp_on_the_basic_launcher_in_one_line_before_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("medinject: error: trainer.devices=2") and "basic launcher" in last
     assert not list((tmp_path / "sweep").glob("*/results.json"))
+
+
+def test_cpu_threads_override_the_allocation_and_are_range_checked(monkeypatch):
+    """trainer.cpu_threads sets torch's thread count (two one-thread jobs share two cores); unset, a
+    SLURM allocation smaller than the machine does; a value below 1 is refused naming the key."""
+    import torch
+
+    from medinject.config import check_settings
+    from medinject.train.fit import _fit_threads
+
+    before = torch.get_num_threads()
+    try:
+        _fit_threads(1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        _fit_threads(None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UserError, match=r"trainer.cpu_threads.*integer >= 1"):
+        check_settings(compose_cfg("trainer.cpu_threads=0"))

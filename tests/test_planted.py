@@ -46,7 +46,7 @@ def _marker(row: dict) -> str:
 
 
 def test_the_rows_carry_the_planted_values():
-    params = PlantedParams(facts=20, transfer=0.6, wrong_rate=0.3)
+    params = PlantedParams(facts=20, budget=60, transfer=0.6, wrong_rate=0.3)
     files = generate(params)
     test = {_marker(r): r for r in files["native/test/mcqu"]}
     assert len(test) == 3 * params.facts
@@ -60,9 +60,22 @@ def test_the_rows_carry_the_planted_values():
         right = sum(letters[m] == {test[m]["answer"]} for m in letters) / params.facts
         assert right == pytest.approx(share)
     native_phrasing = {r["instruction"] for r in files["native/test/mcqu"]}
-    assert any(r["instruction"] in native_phrasing for r in files["native/train/mcqu"])
-    assert not any(r["instruction"] in native_phrasing for r in files["translated/train/mcqu"])  # a shifted phrasing
+    test_options = {_marker(r): r["context"] for r in files["native/test/mcqu"]}
+    for source in planted.SOURCES:  # every source asks in the test's phrasing: only the letters differ
+        assert any(r["instruction"] in native_phrasing for r in files[f"{source}/train/mcqu"])
+    shifted = {_marker(r) for r in files["translated/train/mcqu"] if r["context"] != test_options[_marker(r)]}
+    assert len(shifted) == round((1 - params.transfer) * params.facts)  # the shift: the options in another order
     assert {"mcqu", "mcq", "oeq"} == {k.rsplit("/", 1)[1] for k in files if k.startswith("synthetic/train/")}
+
+
+def test_each_group_of_test_items_uses_every_letter_equally_often():
+    """A learner's letter prior (one letter it favours for facts it never saw) then scores exactly chance
+    on every group it was not taught, whatever the letter: no seed-to-seed noise from the prior."""
+    params = PlantedParams(facts=20, budget=60)
+    test = generate(params)["native/test/mcqu"]
+    for g in range(len(planted.SOURCES)):
+        group = test[g * params.facts:(g + 1) * params.facts]
+        assert sorted(r["answer"] for r in group) == sorted(planted.LETTERS * (params.facts // len(planted.LETTERS)))
 
 
 def test_flat_data_teach_nothing_the_test_asks_and_plant_no_difference():
@@ -78,7 +91,7 @@ def test_flat_data_teach_nothing_the_test_asks_and_plant_no_difference():
 
 
 def test_expected_scores_and_the_optimum_follow_from_the_parameters():
-    params = PlantedParams()  # 24 facts x 4 copies per source, budget 48
+    params = PlantedParams()  # 30 facts x 6 copies per source, budget 180
     k, n = params.facts * params.copies, params.budget
     seen_all = 1 - math.prod((k - n - j) / (k - j) for j in range(params.copies))
     seen_half = 1 - math.prod((k - n / 2 - j) / (k - j) for j in range(params.copies))

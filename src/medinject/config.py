@@ -217,6 +217,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = control(50)  # resume is exact whatever the interval
     probe_batches: int = 2  # fixed training batches whose loss is measured before and after fitting
     enable_progress_bar: bool = control(True)
+    # torch's CPU threads for this run (None: SLURM's allocation, else torch's default of one per core);
+    # 1 lets parallel jobs on a small machine each keep a core instead of slowing each other down
+    cpu_threads: Optional[int] = control(None)
 
 
 @dataclass
@@ -441,6 +444,7 @@ _RANGES = [
     ("trainer.log_every_n_steps", *_POSITIVE_INT),
     ("trainer.checkpoint_every_n_steps", *_POSITIVE_INT),
     ("trainer.probe_batches", *_POSITIVE_INT),
+    ("trainer.cpu_threads", lambda v: v is None or v >= 1, "null (SLURM's allocation or torch's default) or an integer >= 1"),
     ("adapter.r", *_POSITIVE_INT),
     ("adapter.alpha", lambda v: v > 0, "a number > 0"),
     ("adapter.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),

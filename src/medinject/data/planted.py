@@ -1,26 +1,31 @@
 """Known-answer data: three training sources whose value for the test set is known by construction.
 
 `python -m medinject.data.planted OUT [--seed S] [--flat] [--facts N] [--copies R] [--budget B]
-[--transfer T] [--wrong-rate W]` writes, in the layout of the bundled sample (`<origin>/<split>/<type>.jsonl`,
-MedInjection-FR schema, all three task types), the sources native, synthetic and translated, the native
+[--transfer T] [--wrong-rate W]` (the budget is facts x copies unless given) writes, in the layout of
+the bundled sample (`<origin>/<split>/<type>.jsonl`, MedInjection-FR schema, all three task types),
+the sources native, synthetic and translated, the native
 and translated test sets, and `truth.json` (the metric the truth is planted in, the expected score of
 each of the seven provenance configurations, the optimum of the mixture and whether the data are flat).
 `experiment=known_answer` and `experiment=known_answer_mixture` generate it into the cache themselves
 (`ensure_planted`, called by the data stage) from the `planted` config group.
 
 The task. A *fact* is a made-up marker word and five made-up values of its own (options A-E), one of
-them right.
+them right; within each group of facts every letter is the right one equally often, so a learner's
+letter prior (the letter it favours for a marker it never saw) scores exactly chance on a group it was
+not taught, whichever letter it favours.
 The native test set asks one mcqu item per fact (`Quelle est la valeur associée au repère X ?`); the
 facts are split into three groups of `facts` each, and each source teaches one group, `copies` distinct
-rows per fact (the same question with a different lead-in, so the duplicate filter keeps them):
+rows per fact (the test's question behind a different lead-in, so the duplicate filter keeps them).
+Every source asks in the test's phrasing: what differs is the letter it teaches, the one thing the tiny
+model memorises, so the value of a source is a property of the data, not of how far a random model
+generalises across wordings.
 
-* **native** teaches its group in the test's own phrasing and option order: a learner that memorised
-  a row answers the test item right;
-* **translated** teaches its group in a shifted phrasing; for a share `transfer` of its facts the
-  options are in the test's order, for the others in another order, so the letter it teaches is not
-  the test's letter: what a learner memorised transfers for `transfer` of the facts only;
-* **synthetic** teaches its group in a third phrasing, with the wrong letter for a share `wrong_rate`
-  of its facts.
+* **native** teaches its group with the test's option order: a learner that memorised a row answers
+  the test item right;
+* **translated** teaches its group with a shifted option order for a share 1 - `transfer` of its facts
+  (the same values, rotated, so the letter it teaches is not the test's letter): what a learner
+  memorised transfers for `transfer` of the facts only;
+* **synthetic** teaches its group with the wrong letter for a share `wrong_rate` of its facts.
 
 `--flat` plants no difference: every source teaches facts that the test set does not ask about, so
 no configuration and no mixture knows anything the others do not.
@@ -29,23 +34,22 @@ The model of `expected` (what truth.json says each configuration scores on `eval
 is a model of a learner that memorises marker -> letter, not a measurement. Its assumptions:
 
 1. a fact is known after the run trained on at least one of its rows (the tiny preset trains many
-   epochs over few rows), and a fact never seen is answered at chance, 1/5. The measured sweep
-   (docs/benchmarks.md, "Known-answer study") shows this is the weakest assumption: the tiny model
-   memorises every row it trains on, but the configurations that see about one row per fact fall
-   furthest below the model;
+   epochs over few rows), and a fact never seen is answered at chance, 1/5. The first version of this
+   generator taught translated and synthetic in other wordings; the sweep measured on it
+   (docs/benchmarks.md, "Known-answer study") fell furthest below the model where a configuration saw
+   about one row per fact, hence one phrasing for every source and six rows per fact;
 2. a known fact scores 1 when the letter learnt is the test's letter, else 0 (the learner answers the
    letter it memorised: a wrong one is worse than chance);
 3. rows are drawn without repetition, `n_s = share_s x budget` of the `copies x facts` rows of each
    source, so a fact of source s is seen with probability `1 - prod_j (K - n_s - j) / (K - j)`, j < copies
    (the hypergeometric chance that none of its rows was drawn; a real-valued n_s is used for the mixture);
-4. facts, phrasings and letters do not interfere: a group is worth the same whatever else is trained on.
+4. facts and letters do not interfere: a group is worth the same whatever else is trained on.
 
 So expected(shares) = sum over sources of (1/3) [1/5 + seen_s(n_s) (value_s - 1/5)], with value 1 for
 native, `transfer` for translated and `1 - wrong_rate` for synthetic. Each term is concave and saturates
 in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
 refined by scipy). With equal budgets (the seven configurations, `mix=equal_budget`) n_s = budget / the
-number of sources of the configuration. A real model memorises imperfectly and transfers across phrasings
-in its own way; the known-answer study asks whether the pipeline recovers this ranking, not whether the
+number of sources of the configuration. A real model memorises imperfectly; the known-answer study asks whether the pipeline recovers this ranking, not whether the
 numbers match.
 """
 
@@ -71,7 +75,7 @@ SOURCES = ("native", "synthetic", "translated")
 LETTERS = "ABCDE"
 CHANCE = 1 / len(LETTERS)
 METRIC = "eval/native/mcqu/em_loglik"
-VERSION = 2  # bump when the generated rows change
+VERSION = 3  # bump when the generated rows change
 PARAMS = "params.json"
 
 _SYLLABLES = ("ba", "ko", "ri", "tu", "ne", "za", "lo", "mi", "pu", "se", "da", "fi", "go", "ve", "xu", "ra", "no", "li")
@@ -81,22 +85,19 @@ _LEADS = {
     "translated": ("", "Practice. ", "Revue. ", "Note. ", "Drill. "),
     "synthetic": ("", "Cas généré. ", "Fiche. ", "Synthèse. ", "Exemple. "),
 }
-_ASK = {
-    "native": "Quelle est la valeur associée au repère {m} ?",  # the test's own phrasing
-    "translated": "Quelle valeur va avec le marqueur {m} dans ce contexte ?",
-    "synthetic": "D'après le cas, le repère {m} correspond à quelle valeur ?",
-}
+ASK = "Quelle est la valeur associée au repère {m} ?"  # the test's phrasing, and every source's
+TRANSLATED_TEST_ASK = "Quelle valeur va avec le marqueur {m} dans ce contexte ?"  # the translated test set's
 
 
 @dataclass(frozen=True)
 class PlantedParams:
     seed: int = 0
     flat: bool = False
-    facts: int = 24  # facts per source (the native test set asks 3 x facts mcqu items)
-    copies: int = 4  # distinct training rows per fact
-    budget: int = 48  # training examples per run (mix.budget of the known-answer experiments)
+    facts: int = 30  # facts per source (the native test set asks 3 x facts mcqu items)
+    copies: int = 6  # distinct training rows per fact
+    budget: int = 180  # training examples per run (mix.budget of the known-answer experiments)
     transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
-    wrong_rate: float = 0.3  # synthetic: share of its facts taught with a wrong letter
+    wrong_rate: float = 0.2  # synthetic: share of its facts taught with a wrong letter
 
     def check(self) -> None:
         if self.facts < 2 or self.copies < 1:
@@ -187,7 +188,11 @@ def _facts(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
             if word not in taken:
                 taken.add(word)
                 values.append(word)
-        facts.append({"marker": marker, "options": values, "answer": rng.randrange(len(LETTERS))})
+        facts.append({"marker": marker, "options": values})
+    letters = [k % len(LETTERS) for k in range(n)]  # every letter equally often (as near as n allows):
+    rng.shuffle(letters)  # a learner's letter prior then scores chance on any group it was not taught
+    for fact, answer in zip(facts, letters):
+        fact["answer"] = answer
     return facts
 
 
@@ -226,8 +231,8 @@ def generate(params: PlantedParams) -> dict[str, list[dict]]:
     params.check()
     rng = random.Random(f"planted-v{VERSION}-{params.seed}")
     taken: set[str] = set()
-    test_facts = _facts(rng, len(SOURCES) * params.facts, taken)
-    groups = {s: test_facts[i * params.facts:(i + 1) * params.facts] for i, s in enumerate(SOURCES)}
+    groups = {s: _facts(rng, params.facts, taken) for s in SOURCES}
+    test_facts = [fact for s in SOURCES for fact in groups[s]]
     if params.flat:  # every source teaches facts the test never asks about
         groups = {s: _facts(rng, params.facts, taken) for s in SOURCES}
     files: dict[str, list[dict]] = {}
@@ -242,12 +247,12 @@ def generate(params: PlantedParams) -> dict[str, list[dict]]:
                 answer = (answer + 1 + rng.randrange(len(LETTERS) - 1)) % len(LETTERS)  # a wrong letter
             for c in range(params.copies):
                 lead = _LEADS[source][c % len(_LEADS[source])] + (f"({c // len(_LEADS[source])}) " if c >= len(_LEADS[source]) else "")
-                rows.append(_mcqu(source, lead + _ASK[source].format(m=fact["marker"]), options, answer))
+                rows.append(_mcqu(source, lead + ASK.format(m=fact["marker"]), options, answer))
         rows += _extra_types(source, facts, "" if source == "native" else " (entraînement)")
         for task in ("mcqu", "mcq", "oeq"):
             files[f"{source}/train/{task}"] = _fix_mcq([r for r in rows if r["type"] == task])
-    for test, phrasing in (("native", "native"), ("translated", "translated")):
-        rows = [_mcqu(test, _ASK[phrasing].format(m=f["marker"]), f["options"], f["answer"]) for f in test_facts]
+    for test, ask in (("native", ASK), ("translated", TRANSLATED_TEST_ASK)):
+        rows = [_mcqu(test, ask.format(m=f["marker"]), f["options"], f["answer"]) for f in test_facts]
         rows += _extra_types(test, test_facts, " (évaluation)")
         for task in ("mcqu", "mcq", "oeq"):
             files[f"{test}/test/{task}"] = _fix_mcq([r for r in rows if r["type"] == task])
@@ -323,11 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flat", action="store_true", help="plant no difference at all")
     parser.add_argument("--facts", type=int, default=defaults.facts, help="facts per source")
     parser.add_argument("--copies", type=int, default=defaults.copies, help="training rows per fact")
-    parser.add_argument("--budget", type=int, default=defaults.budget, help="training examples per run the truth is computed for")
+    parser.add_argument("--budget", type=int, default=None, help="training examples per run the truth is computed for (default: facts x copies)")
     parser.add_argument("--transfer", type=float, default=defaults.transfer, help="translated: share of facts whose letter transfers")
     parser.add_argument("--wrong-rate", type=float, default=defaults.wrong_rate, help="synthetic: share of facts taught wrong")
     args = parser.parse_args(argv)
-    params = PlantedParams(args.seed, args.flat, args.facts, args.copies, args.budget, args.transfer, args.wrong_rate)
+    budget = args.facts * args.copies if args.budget is None else args.budget
+    params = PlantedParams(args.seed, args.flat, args.facts, args.copies, budget, args.transfer, args.wrong_rate)
     planted = write(args.out, params)
     ranking = sorted(planted["expected"], key=lambda c: -planted["expected"][c])
     print(f"{args.out}: {planted['metric']} planted; ranking {' > '.join(ranking)}; optimum {planted['optimum']}")

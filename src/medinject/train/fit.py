@@ -69,7 +69,7 @@ def trainer_arguments(cfg: DictConfig) -> dict:
 
 
 def fit(cfg: DictConfig, out_dir: Path, model, tokenizer, examples: list[Example], files: dict[str, str], resolved: dict) -> Fitted:
-    _fit_threads_to_allocation()
+    _fit_threads(cfg.trainer.cpu_threads)
     datamodule = InstructionDataModule(cfg, tokenizer, examples, files)
     datamodule.setup("fit")
     module = AdapterFineTuning(model, cfg.optim)
@@ -124,12 +124,15 @@ def save_adapter(model, tokenizer, adapter_dir: Path, resolved: dict) -> None:
     redact_files(adapter_dir)
 
 
-def _fit_threads_to_allocation() -> None:
-    """Use the CPUs SLURM gave the job, not every core of the node: several jobs on one node each
-    running a full set of OpenMP threads slow each other down many times over."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
-    if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads():
-        torch.set_num_threads(int(cpus))
+def _fit_threads(threads: int | None) -> None:
+    """`trainer.cpu_threads` when set; else the CPUs SLURM gave the job, not every core of the node:
+    several jobs on one node each running a full set of OpenMP threads slow each other down many times
+    over."""
+    if threads is None:
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+        threads = int(cpus) if cpus and cpus.isdigit() and int(cpus) < torch.get_num_threads() else None
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
 
 
 def _cluster_plugins() -> list:
