@@ -180,7 +180,7 @@ class JudgeConfig:
     # local: None puts the judge on the evaluation device; "auto" spreads a large judge over every
     # visible GPU (transformers' device_map="auto"); or a device such as "cuda:1".
     device: Optional[str] = unhashed(None)
-    rubric: JudgeRubric = JudgeRubric.medinject  # which judge prompt; recorded in results.json
+    rubric: JudgeRubric = JudgeRubric.medinject  # which judge prompt; recorded in the run record
     medinject_rubric: str = MISSING  # French instructions; {question}, {reference} and {answer} are filled in
 
 
@@ -188,7 +188,7 @@ class JudgeConfig:
 class EvalConfig:
     name: str = MISSING
     # strict: the study's released evaluation (prompts, new tokens, allowed tokens, letter rule);
-    # lenient: this project's (medinject.eval.protocols). Recorded in results.json.
+    # lenient: this project's (medinject.eval.protocols). Recorded in the run record.
     protocol: EvalProtocol = EvalProtocol.lenient
     test_sets: dict[str, SourceConfig] = field(default_factory=dict)
     tasks: list[TaskType] = setting(factory=lambda: [TaskType.mcqu, TaskType.mcq, TaskType.oeq], allowed=ANY_TASK)
@@ -289,7 +289,7 @@ class RunConfig:
     logger: dict[str, Any] = unhashed(factory=dict)  # Lightning loggers, each a `_target_` node (conf/logger/)
     tracking: TrackingConfig = unhashed(factory=TrackingConfig)
     sweep_name: str = unhashed("sweep")  # multirun_outputs/<sweep_name>/ and the W&B group
-    skip_completed: bool = unhashed(True)  # a run whose results.json says `completed` is not run again
+    skip_completed: bool = unhashed(True)  # a run whose run record says `completed` is not run again
     wait_for_lock: bool = unhashed(False)  # another process runs in this directory: wait for it (else stop at once)
     dry_run: bool = unhashed(False)  # multirun: compose and check every job, print its plan, submit nothing
     report: ReportConfig = unhashed(factory=ReportConfig)  # the report built when a multirun ends

@@ -100,7 +100,7 @@ def length_controlled(lengths: list[int], verdicts: list[int | None], bins: int)
 
 
 def evaluation_record(cfg: EvalSettings) -> dict:
-    """How a run was evaluated, for results.json: the backend that really generated, the protocol and
+    """How a run was evaluated, for the run record: the backend that really generated, the protocol and
     the judge's rubric."""
     judge = cfg.eval.judge
     backend, reason = generation_backend(cfg)
@@ -283,7 +283,7 @@ class Evaluator:
 
 class Evaluation(NamedTuple):
     metrics: dict[str, float]  # eval/<test set>/<task>/<metric>[_constrained]
-    predictions: list[dict]  # one record per item, predictions.jsonl's rows
+    predictions: list[dict]  # one record per item, the rows of the run's predictions file
 
 
 def evaluate_model(model, tokenizer, cfg: EvalSettings, test_items) -> Evaluation:
@@ -308,5 +308,5 @@ def context_length(model, tokenizer) -> int:
 
 
 def model_device(model) -> str:
-    """The device of the model's first parameter ("cuda:0", "cpu"), as results.json records it."""
+    """The device of the model's first parameter ("cuda:0", "cpu"), as the run record records it."""
     return str(next(model.parameters()).device)

@@ -34,6 +34,7 @@ from medinject.data.mix import _weighted_quotas
 from medinject.report.mixture import order_components
 from medinject.report.registered import PREDICTIONS, ROUND, score_predictions
 from medinject.report.search import CONFIDENCE, candidate_lattice, choose_points, fit_surface, register
+from medinject.util import rundir
 from medinject.util.errors import UserError
 from medinject.util.io import read_json, write_json_atomic
 
@@ -246,7 +247,7 @@ def _read(path: Path):
 def _results(entry: dict | None) -> dict | None:
     if entry is None or entry.get("status") not in DONE:
         return None
-    results = _read(Path(entry["run_dir"]) / "results.json")
+    results = _read(Path(entry["run_dir"]) / rundir.RESULTS)
     return results if isinstance(results, dict) and results.get("status") == "completed" else None
 
 
