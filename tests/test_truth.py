@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_mixture import PLANTED_OPTIMUM, SOURCES, counts_of, draws, surface, write_run
 
 from medinject.report.build import build_report
@@ -58,3 +59,14 @@ def test_a_malformed_truth_file_is_one_line_naming_it(tmp_path):
     (tmp_path / "truth.json").write_text(json.dumps({"expected": {}}))
     with pytest.raises(UserError, match="truth.json: a truth file needs 'metric'"):
         build_report(tmp_path, baseline="native", n_resamples=50)
+
+
+def test_the_readme_pictures_exist():
+    """The README shows the known-answer report's picture (docs/known_answer.png): every image it links is in the repository."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert "docs/known_answer.png" in links
+    for link in links:
+        assert (ROOT / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
