@@ -49,8 +49,8 @@ So expected(shares) = sum over sources of (1/3) [1/5 + seen_s(n_s) (value_s - 1/
 native, `transfer` for translated and `1 - wrong_rate` for synthetic. Each term is concave and saturates
 in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
 refined by scipy). With equal budgets (the seven configurations, `mix=equal_budget`) n_s = budget / the
-number of sources of the configuration. A real model memorises imperfectly; the known-answer study asks whether the pipeline recovers this ranking, not whether the
-numbers match.
+number of sources of the configuration. A real model memorises imperfectly; the known-answer study
+asks whether the pipeline recovers this ranking, not whether the numbers match.
 """
 
 from __future__ import annotations
