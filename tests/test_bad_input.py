@@ -138,6 +138,33 @@ def test_a_test_item_longer_than_the_model_reads_is_left_out_and_counted(tmp_pat
 
 # ------------------------------------------------------------------------------------------ ends
 
+class _SignalsWhenCollected:
+    """Sends this process SIGTERM from its finaliser, as a garbage-collected dataset did in CI."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, inside __del__, where Python drops what it raises
+
+
+def test_a_sigterm_whose_exception_a_finaliser_swallowed_still_ends_the_work():
+    from medinject.util.errors import Interrupted
+    from medinject.util.lock import ending_signals, raise_if_interrupted
+
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        with ending_signals():
+            _SignalsWhenCollected()  # made and collected at once
+            raise_if_interrupted()  # the run's checkpoint
+    left = []
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        with ending_signals():  # no checkpoint: the block itself raises on leaving
+            _SignalsWhenCollected()
+            left.append("body finished")
+    assert left == ["body finished"]
+    with ending_signals():  # a new block starts clean
+        raise_if_interrupted()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 @pytest.mark.e2e
 def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_completes(tmp_path):
     run_dir = tmp_path / "run"

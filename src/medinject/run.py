@@ -24,7 +24,7 @@ from medinject.model.preflight import check_run_prerequisites
 from medinject.train.loggers import finish_wandb, log_results
 from medinject.util.cluster import is_main_process
 from medinject.util.errors import Interrupted, UserError, one_line
-from medinject.util.lock import ending_signals, run_lock
+from medinject.util.lock import ending_signals, raise_if_interrupted, run_lock
 from medinject.util import rundir
 from medinject.util.io import read_json, write_text_atomic
 from medinject.util.rundir import RunRecord
@@ -61,6 +61,7 @@ def run(cfg: DictConfig) -> RunRecord:
             if main:
                 rundir.write_inputs(out_dir, record["inputs"])
             record["metrics"] = _execute(cfg, out_dir, record)
+            raise_if_interrupted()  # a signal whose exception was swallowed on the way is not a completed run
             record["status"] = "completed"
         except BaseException as err:
             record["status"] = "interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt, SystemExit)) else "failed"

@@ -15,6 +15,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from medinject.eval.engine import per_prompt
 from medinject.util.errors import UserError
+from medinject.util.lock import raise_if_interrupted
 
 def single_token(tokenizer, text: str) -> int | None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -96,6 +97,7 @@ def _encoded_batches(tokenizer, prompts: list[str], batch_size: int, device, des
     tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        raise_if_interrupted()  # a SIGTERM whose exception a finaliser swallowed still ends the run here
         batch = order[start : start + batch_size]
         yield batch, tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 

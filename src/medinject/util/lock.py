@@ -52,24 +52,44 @@ def _owner(out_dir: Path) -> str:
         return "holder unknown"
 
 
+_received: int | None = None  # the signal `ending_signals` caught, until its block ends
+
+
 @contextmanager
 def ending_signals():
     """SIGTERM (what `kill`, a scheduler's cancel and SLURM's preemption send) raises `Interrupted`
     in the run, so it ends like any other failure: the run record says `interrupted` and why. A
     handler someone else installed first is left alone: under submitit, SIGTERM is bypassed and
-    SIGUSR2 requeues the job, which then resumes from its checkpoint."""
+    SIGUSR2 requeues the job, which then resumes from its checkpoint.
+
+    Python runs a signal handler in whatever frame is current, and an exception raised inside a
+    finaliser (`__del__`, a weakref callback) is printed and dropped, so the signal is also kept:
+    `raise_if_interrupted` raises it again at the run's own checkpoints (each evaluation batch,
+    before a run is called completed), and the block raises it on leaving if nothing did."""
+    global _received
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or not _main_thread():
         yield
         return
 
     def handler(signum, frame):
+        global _received
+        _received = signum
         raise Interrupted(signum)
 
+    _received = None
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
+        raise_if_interrupted()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _received = None
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` when `ending_signals` caught a signal that has not ended the work yet."""
+    if _received is not None:
+        raise Interrupted(_received)
 
 
 def _main_thread() -> bool:
