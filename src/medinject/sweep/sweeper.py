@@ -242,7 +242,7 @@ def _plant(config: DictConfig, sweep_dir: Path) -> None:
     from medinject.data.planted import ensure_planted
 
     try:
-        folder = ensure_planted(config)
+        folder = ensure_planted(config.get("planted"), config.paths.sample_data)
     except UserError as err:
         _exit(2, str(err))
     if folder is not None:
