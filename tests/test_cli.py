@@ -1,29 +1,15 @@
 """The real CLI (`python train.py ...` in a subprocess), on the production configs shrunk by experiment=smoke."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, cli
 
 SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 
 SECRET_HF = "hf_plantedSecretValue123456789"
 SECRET_WANDB = "0123456789abcdefplantedwandbkey0123456789"
-
-
-def _train(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
@@ -35,7 +21,7 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
     first = json.loads(rows[0])
     first["instruction"] = f"{first['instruction']} (ref. {SECRET_HF})"
     (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
-    result = _train(
+    result = cli("train.py", 
         "experiment=smoke",
         "logger=wandb",
         "logger.wandb.mode=offline",
@@ -65,7 +51,7 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
 
 def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path):
     run_dir = tmp_path / "run"
-    result = _train("experiment=smoke", "logger=none", f"data.sources.native.files=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
+    result = cli("train.py", "experiment=smoke", "logger=none", f"data.sources.native.files=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"medinject: error: data.sources.native.files: file not found: {tmp_path}/nope.jsonl"
@@ -75,7 +61,7 @@ def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path)
 
 def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = _train(
+    result = cli("train.py", 
         "-m",
         "experiment=[provenance_sweep,smoke]",
         "logger=csv",
@@ -107,8 +93,7 @@ def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
 
     assert items("base") == items("native")  # the same test items, prompted the same way
     # the seven configurations against the untuned base model
-    report = subprocess.run([sys.executable, "-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    report = cli("-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200", timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     import csv
 
