@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import CONF, ROOT, cli
+from conftest import CONF, ROOT, SWEEP_SEEDS, cli
 
 SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 
@@ -59,21 +59,11 @@ def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
 
 
-def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = cli("train.py", 
-        "-m",
-        "experiment=[provenance_sweep,smoke]",
-        "logger=csv",
-        "trainer.max_steps=4",
-        "eval.limit=4",
-        "trainer.enable_progress_bar=false",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_seven_config_sweep_with_the_basic_launcher(provenance_sweep, tmp_path):
+    sweep_dir = provenance_sweep  # `python train.py -m experiment=provenance_sweep` on the default launcher (conftest)
     expected = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
-    assert sorted(r["data"]["config"] for r in results) == expected
+    assert sorted(r["data"]["config"] for r in results) == sorted(expected * len(SWEEP_SEEDS))
     for r in results:
         assert r["status"] == "completed"
         if r["data"]["config"] == "base":  # the base model: evaluated on the same items, trained on nothing
@@ -81,23 +71,24 @@ def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
             assert not (Path(r["run_dir"]) / "adapter").exists() and not (Path(r["run_dir"]) / "checkpoints").exists()
             assert "eval/translated/mcq/hamming" in r["metrics"]
             continue
-        assert r["data"]["n_examples"] == 48  # equal budget: same size, different provenance
+        assert r["data"]["n_examples"] == 24  # equal budget (mix.budget=24): same size, different provenance
         assert sorted(r["data"]["counts"]) == sorted(r["data"]["config"].split("+"))
         assert "eval/translated/mcq/hamming" in r["metrics"]
         assert Path(r["run_dir"]).parent == sweep_dir
 
     def items(config: str) -> list:
-        (run,) = [r for r in results if r["data"]["config"] == config]
+        (run,) = [r for r in results if r["data"]["config"] == config and r["data"]["seed"] == SWEEP_SEEDS[0]]
         lines = (Path(run["run_dir"]) / "predictions.jsonl").read_text().splitlines()
         return [(p["test_set"], p["task"], p["id"], p["prompt"]) for p in map(json.loads, lines)]
 
     assert items("base") == items("native")  # the same test items, prompted the same way
     # the seven configurations against the untuned base model
-    report = cli("-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200", timeout=600)
+    out = tmp_path / "against_base"
+    report = cli("-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200", "--out", str(out), timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     import csv
 
-    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    rows = list(csv.DictReader((out / "summary.csv").open()))
     metric = "eval/native/mcqu/em_constrained"
     compared = {row["config"] for row in rows if row["metric"] == metric and row["diff"] != ""}
     assert compared == set(expected) - {"base"} and all(row["baseline"] == "base" for row in rows)

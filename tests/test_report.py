@@ -11,22 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF, cli
+from conftest import CONF, SMALL_SWEEP, SWEEP_SEEDS, cli
 
 from medinject.util.errors import UserError
 from medinject.report.build import build_report
 
 CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-SEEDS = (1, 2)
-SMALL = (  # the smoke preset shrunk further: every stage runs, in a few seconds per job
-    "experiment=smoke",
-    "logger=none",
-    "trainer.max_steps=2",
-    "trainer.enable_progress_bar=false",
-    "mix.budget=24",
-    "eval.limit=4",
-    "eval.oeq_max_new_tokens=16",
-)
+SEEDS = SWEEP_SEEDS
+SMALL = SMALL_SWEEP
 KEPT = ("results.json", "predictions.jsonl", "config.yaml", ".hydra")  # what the report reads
 
 
@@ -35,12 +27,10 @@ def _train_one(run_dir: Path, data: str, seed: int, *extra: str) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    """Seven configs x two seeds: one real `python train.py -m` sweep, which also builds the report."""
-    root = tmp_path_factory.mktemp("sweep")
-    result = cli("train.py", "-m", "experiment=[provenance_sweep,smoke]", *SMALL[1:], f"seed={','.join(map(str, SEEDS))}",
-                     f"hydra.sweep.dir={root}", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+def sweep_dir(provenance_sweep) -> Path:
+    """Seven configs and the base model x two seeds: the session's real `python train.py -m` sweep,
+    which also built the report."""
+    root = provenance_sweep
     summary = json.loads((root / "sweep_summary.json").read_text())
     assert summary["counts"]["completed"] == len(CONFIGS) * len(SEEDS)
     assert (root / "report.html").is_file()  # built when the multirun ended
