@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from medinject.config import DataConfig, EvalSettings
-
 from medinject.util import rundir
 from medinject.util.errors import UserError, one_line
 from medinject.util.io import write_json_atomic, write_text_atomic
