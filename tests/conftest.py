@@ -78,6 +78,25 @@ def compose_cfg(*overrides: str, output_dir: Path | str = "/tmp/medinject-unused
         return compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
 
 
+# The smoke preset shrunk further: every stage runs, in a few seconds per job.
+SMALL_SWEEP = ("experiment=smoke", "logger=none", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "mix.budget=24",
+               "eval.limit=4", "eval.oeq_max_new_tokens=16")
+SWEEP_SEEDS = (1, 2)
+
+
+@pytest.fixture(scope="session")
+def provenance_sweep(tmp_path_factory) -> Path:
+    """One real `python train.py -m experiment=provenance_sweep` per test session, for the tests that
+    need a finished one: every config of conf/data (the seven and the base model) x seeds 1 and 2 on
+    SMALL_SWEEP, with the report the multirun builds at its end. Tests read it; one that changes it
+    works on a copy, and one that builds a report elsewhere passes `--out`."""
+    root = tmp_path_factory.mktemp("provenance_sweep")
+    result = cli("train.py", "-m", "experiment=[provenance_sweep,smoke]", *SMALL_SWEEP[1:], f"seed={','.join(map(str, SWEEP_SEEDS))}",
+                 f"hydra.sweep.dir={root}", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
 @pytest.fixture
 def smoke_cfg(tmp_path):
     def make(*overrides: str):

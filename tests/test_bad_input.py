@@ -13,16 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, cli, compose_cfg
 from medinject.config import check_settings
 from medinject.util.errors import UserError
 
 SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 QUICK = ("experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]")
-
-
-def _cli(*args: str, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def _one_line(result: subprocess.CompletedProcess, status: int = 2) -> str:
@@ -59,7 +55,7 @@ def test_out_of_range_settings_are_refused_naming_the_key(override, message):
 
 @pytest.mark.parametrize("override", ["optim.lr=-0.001", "trainer.max_steps=-1 trainer.max_epochs=0", "eval.limit=0"])
 def test_the_cli_refuses_before_loading_anything(tmp_path, override):
-    result = _cli("train.py", *QUICK, *override.split(), f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, *override.split(), f"hydra.run.dir={tmp_path}/run")
     key = override.split()[-1].split("=")[0]
     assert _one_line(result).startswith(f"medinject: error: {key}: ")
     record = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -82,7 +78,7 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, encoding):
     bad = data / "native" / "train" / "mcq.jsonl"
     text = bad.read_text(encoding="utf-8")
     bad.write_bytes(text.encode("utf-16") if encoding == "utf-16" else os.urandom(4096))
-    result = _cli("train.py", *QUICK, f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run")
     assert _one_line(result).startswith(f"medinject: error: {bad}: not UTF-8 text")
 
 
@@ -91,7 +87,7 @@ def test_a_byte_order_mark_is_tolerated_and_a_file_listed_twice_is_read_once(tmp
     mcq = data / "native" / "train" / "mcq.jsonl"
     mcq.write_bytes(b"\xef\xbb\xbf" + mcq.read_bytes())
     folder = data / "native" / "train"
-    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural",
+    result = cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural",
                   f"data.sources.native.files=[{folder},{folder},{mcq}]", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -106,7 +102,7 @@ def test_a_row_repeated_200_times_is_counted_and_dropped_kept_or_refused(tmp_pat
     mcq = data / "native" / "train" / "mcq.jsonl"
     lines = mcq.read_text(encoding="utf-8").splitlines()
     mcq.write_text("\n".join(lines + [lines[0]] * 200) + "\n", encoding="utf-8")
-    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural", f"data.duplicates={action}",
+    result = cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "mix=natural", f"data.duplicates={action}",
                   f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run")
     if action == "error":
         assert _one_line(result) == (f"medinject: error: {mcq}:{len(lines) + 1}: duplicates {mcq}:1 (same type, instruction, "
@@ -127,7 +123,7 @@ def test_a_test_item_longer_than_the_model_reads_is_left_out_and_counted(tmp_pat
     long = json.loads(rows[0])
     long["instruction"] = "Un patient présente une longue histoire clinique. " * 2000  # ~100k characters
     (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(long, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
-    result = _cli("train.py", *QUICK, "eval.limit=3", f"eval.test_sets.native.files=[{tests}]", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, "eval.limit=3", f"eval.test_sets.native.files=[{tests}]", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
     assert metrics["eval/native/mcqu/skipped_too_long"] == 1 and metrics["eval/native/mcqu/n"] == 2
@@ -185,7 +181,7 @@ def test_sigterm_during_evaluation_leaves_an_interrupted_record_and_a_rerun_comp
     assert not (run_dir / "predictions.jsonl").exists()
     assert not list(run_dir.glob(".*.tmp"))  # no half-written file
 
-    rerun = _cli(*args)
+    rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
 
@@ -198,7 +194,7 @@ def test_two_identical_commands_one_trains_the_other_stops_at_once(tmp_path):
     while not (tmp_path / "run" / ".lock.owner").exists():
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    second = _cli(*args[1:])
+    second = cli(*args[1:])
     assert first.poll() is None  # at once: it neither trained nor waited for the first to finish
     line = _one_line(second)
     assert line.startswith(f"medinject: error: {tmp_path}/run: another run is using this directory (pid {first.pid} on ")
@@ -206,16 +202,16 @@ def test_two_identical_commands_one_trains_the_other_stops_at_once(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
     assert not [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if "-v" in p.name]
 
-    waited = _cli(*args[1:], "wait_for_lock=true")  # waits, then reports the finished run
+    waited = cli(*args[1:], "wait_for_lock=true")  # waits, then reports the finished run
     assert waited.returncode == 0 and "already completed; skipped" in waited.stderr + waited.stdout
 
 
 @pytest.mark.e2e
 def test_a_completed_run_whose_adapter_was_deleted_is_not_skipped(tmp_path):
     args = ["train.py", *QUICK, f"hydra.run.dir={tmp_path}/run"]
-    assert _cli(*args).returncode == 0
+    assert cli(*args).returncode == 0
     shutil.rmtree(tmp_path / "run" / "adapter")
-    again = _cli(*args)
+    again = cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     output = again.stderr + again.stdout
     assert "already completed; skipped" not in output and "adapter/adapter_config.json is missing or damaged" in output
@@ -230,7 +226,7 @@ def test_a_completed_run_whose_adapter_was_deleted_is_not_skipped(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = _cli("train.py", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=2",
+    result = cli("train.py", "experiment=smoke", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=2",
                   "eval.limit=2", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -247,9 +243,9 @@ def test_evaluate_and_review_export_name_a_truncated_results_file(trained_run, t
     run_dir = _damaged_copy(trained_run, tmp_path)
     results = run_dir / "results.json"
     results.write_text(results.read_text()[:100])
-    line = _one_line(_cli("-m", "medinject.eval", str(run_dir)))
+    line = _one_line(cli("-m", "medinject.eval", str(run_dir)))
     assert line.startswith(f"medinject: error: {results}: not valid JSON")
-    line = _one_line(_cli("-m", "medinject.report.review", "export", str(run_dir), "--out", str(tmp_path / "review")))
+    line = _one_line(cli("-m", "medinject.report.review", "export", str(run_dir), "--out", str(tmp_path / "review")))
     assert line.startswith(f"medinject: error: {results}: not valid JSON")
     assert not (tmp_path / "review" / "review.csv").exists()
 
@@ -259,17 +255,17 @@ def test_evaluate_names_truncated_adapter_weights(trained_run, tmp_path):
     run_dir = _damaged_copy(trained_run, tmp_path)
     weights = run_dir / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    line = _one_line(_cli("-m", "medinject.eval", str(run_dir)))
+    line = _one_line(cli("-m", "medinject.eval", str(run_dir)))
     assert line.startswith(f"medinject: error: {run_dir / 'adapter'}: cannot load the adapter")
 
 
 def test_evaluate_refuses_a_bad_override_or_a_missing_device_before_loading(trained_run, tmp_path):
     run_dir = _damaged_copy(trained_run, tmp_path)
     before = (run_dir / "results.json").read_text()
-    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), "eval.protocol=bogus"))
+    line = _one_line(cli("-m", "medinject.eval", str(run_dir), "eval.protocol=bogus"))
     assert line == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [lenient, strict]"
     n = _cuda_devices()
-    line = _one_line(_cli("-m", "medinject.eval", str(run_dir), f"eval.device=cuda:{n}"))
+    line = _one_line(cli("-m", "medinject.eval", str(run_dir), f"eval.device=cuda:{n}"))
     assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine")
     assert (run_dir / "results.json").read_text() == before
 
@@ -277,17 +273,17 @@ def test_evaluate_refuses_a_bad_override_or_a_missing_device_before_loading(trai
 def test_review_import_names_a_bad_judge_value_and_a_broken_csv(trained_run, tmp_path):
     (tmp_path / "key.csv").write_text("uid,judge\nR00001,x\n", encoding="utf-8")
     (tmp_path / "ratings.csv").write_text("uid,rating\nR00001,1\n", encoding="utf-8")
-    line = _one_line(_cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
+    line = _one_line(cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
     assert line == f"medinject: error: {tmp_path / 'key.csv'}:2: field 'judge': 'x' is not 0, 1 or empty"
     (tmp_path / "key.csv").write_text("uid,judge\nR00001,1\n", encoding="utf-8")
     (tmp_path / "ratings.csv").write_text('uid,rating\nR00001,"1\n', encoding="utf-8")
-    line = _one_line(_cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
+    line = _one_line(cli("-m", "medinject.report.review", "import", str(tmp_path / "ratings.csv")))
     assert line.startswith(f"medinject: error: {tmp_path / 'ratings.csv'}:") and "not valid CSV" in line
 
 
 @pytest.mark.parametrize("tool", [("-m", "medinject.report"), ("-m", "medinject.report.dashboard"), ("-m", "medinject.eval")])
 def test_every_tool_names_a_missing_directory(tmp_path, tool):
-    line = _one_line(_cli(*tool, str(tmp_path / "nowhere")))
+    line = _one_line(cli(*tool, str(tmp_path / "nowhere")))
     assert line.startswith("medinject: error: ") and str(tmp_path / "nowhere") in line
 
 
@@ -339,7 +335,7 @@ REFUSED = [
 @pytest.mark.parametrize("overrides, line", REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
 def test_a_refused_setting_is_one_line_exit_2_before_any_stage(tmp_path, overrides, line):
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
-    result = _cli("train.py", *QUICK, *overrides, f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, *overrides, f"hydra.run.dir={tmp_path}/run")
     expected = "medinject: error: " + line.replace("{tmp}", str(tmp_path))
     if expected.endswith(" ..."):  # the rest names a machine's own folder
         assert _one_line(result).startswith(expected[:-4])
@@ -349,14 +345,14 @@ def test_a_refused_setting_is_one_line_exit_2_before_any_stage(tmp_path, overrid
 
 
 def test_compose_errors_keep_hydras_text_above_the_line(tmp_path):
-    result = _cli("train.py", "optim.lrr=1", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", "optim.lrr=1", f"hydra.run.dir={tmp_path}/run")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "Key 'lrr' not in 'OptimConfig'" in lines[:-1] and "full_key: optim.lrr" in result.stderr
     assert "HYDRA_FULL_ERROR" not in result.stderr
     assert not (tmp_path / "run").exists()
-    prepare = _cli("-m", "medinject.data.prepare", "eval.protocol=bogus", f"hydra.run.dir={tmp_path}/run")  # the other composing tool
+    prepare = cli("-m", "medinject.data.prepare", "eval.protocol=bogus", f"hydra.run.dir={tmp_path}/run")  # the other composing tool
     assert _one_line(prepare) == "medinject: error: eval.protocol: Invalid value 'bogus', expected one of [lenient, strict]"
-    swept = _cli("train.py", "-m", "optim.lrr=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
+    swept = cli("train.py", "-m", "optim.lrr=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
     assert _one_line(swept) == "medinject: error: optim.lrr: not a setting; optim has: lr, weight_decay, betas, warmup_ratio"
 
 
@@ -383,12 +379,12 @@ def test_a_task_error_is_still_reported_by_hydra(tmp_path):
 def test_devices_this_machine_lacks_are_refused_naming_what_it_has(tmp_path):
     n = _cuda_devices()
     available = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n))])
-    result = _cli("train.py", *QUICK, f"eval.device=cuda:{n}", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, f"eval.device=cuda:{n}", f"hydra.run.dir={tmp_path}/run")
     line = _one_line(result)
     assert line.startswith(f"medinject: error: eval.device: 'cuda:{n}' is not on this machine, which has ") and line.endswith(f"; available: {available}")
     _no_stage_ran(tmp_path / "run")
     if n == 0:
-        result = _cli("train.py", *QUICK, "trainer=gpu", f"hydra.run.dir={tmp_path}/gpu")
+        result = cli("train.py", *QUICK, "trainer=gpu", f"hydra.run.dir={tmp_path}/gpu")
         assert _one_line(result).startswith("medinject: error: trainer.accelerator: 'gpu' (trainer=gpu, trainer=ddp) needs a CUDA GPU, "
                                             "and this machine has none")
         _no_stage_ran(tmp_path / "gpu")
@@ -396,7 +392,7 @@ def test_devices_this_machine_lacks_are_refused_naming_what_it_has(tmp_path):
 
 def test_max_length_is_checked_against_the_models_config_without_loading_it(tmp_path):
     folder = _model_folder_with_only_a_config(tmp_path, context=128)
-    result = _cli("train.py", *QUICK, "model.build_tiny=null", f"model.path={folder}", "data.max_length=200", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train.py", *QUICK, "model.build_tiny=null", f"model.path={folder}", "data.max_length=200", f"hydra.run.dir={tmp_path}/run")
     assert _one_line(result) == (f"medinject: error: data.max_length: 200 is more than the model reads (max_position_embeddings in "
                                  f"{folder / 'config.json'} is 128); allowed: an integer from 8 to 128")
     _no_stage_ran(tmp_path / "run")
@@ -421,7 +417,7 @@ def test_a_refusal_imports_no_heavy_library(tmp_path):
             f"sys.argv = ['train.py', 'optim.lr=-1', 'hydra.run.dir={tmp_path}/run']\n"
             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    print('exit', e.code)\n"
             "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))\n")
-    result = _cli("-c", code)
+    result = cli("-c", code)
     assert result.stdout.split() == ["exit", "2", "[]"], result.stderr[-2000:]
 
 
@@ -432,7 +428,7 @@ def test_the_budget_refusal_names_the_dropped_duplicates(tmp_path):
     for f in train.glob("*.jsonl"):
         f.unlink()
     (train / "mcq.jsonl").write_text((first + "\n") * 200, encoding="utf-8")
-    result = _cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "data=native", f"paths.sample_data={data}",
+    result = cli("-m", "medinject.data.prepare", "experiment=smoke", "logger=none", "data=native", f"paths.sample_data={data}",
                   f"hydra.run.dir={tmp_path}/run")
     assert _one_line(result) == ("medinject: error: mix.budget: source 'native' has 1 training rows, 47 short of its equal share of 48, "
                                  "after 199 of its rows were dropped as duplicates (data.duplicates=drop; data.duplicates=keep trains "

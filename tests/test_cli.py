@@ -1,29 +1,15 @@
 """The real CLI (`python train.py ...` in a subprocess), on the production configs shrunk by experiment=smoke."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, SWEEP_SEEDS, cli
 
 SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 
 SECRET_HF = "hf_plantedSecretValue123456789"
 SECRET_WANDB = "0123456789abcdefplantedwandbkey0123456789"
-
-
-def _train(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
@@ -35,7 +21,7 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
     first = json.loads(rows[0])
     first["instruction"] = f"{first['instruction']} (ref. {SECRET_HF})"
     (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
-    result = _train(
+    result = cli("train.py", 
         "experiment=smoke",
         "logger=wandb",
         "logger.wandb.mode=offline",
@@ -65,7 +51,7 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
 
 def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path):
     run_dir = tmp_path / "run"
-    result = _train("experiment=smoke", "logger=none", f"data.sources.native.files=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
+    result = cli("train.py", "experiment=smoke", "logger=none", f"data.sources.native.files=[{tmp_path}/nope.jsonl]", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"medinject: error: data.sources.native.files: file not found: {tmp_path}/nope.jsonl"
@@ -73,21 +59,11 @@ def test_bad_data_path_is_one_line_nonzero_exit_and_no_success_claimed(tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
 
 
-def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = _train(
-        "-m",
-        "experiment=[provenance_sweep,smoke]",
-        "logger=csv",
-        "trainer.max_steps=4",
-        "eval.limit=4",
-        "trainer.enable_progress_bar=false",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_seven_config_sweep_with_the_basic_launcher(provenance_sweep, tmp_path):
+    sweep_dir = provenance_sweep  # `python train.py -m experiment=provenance_sweep` on the default launcher (conftest)
     expected = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
     results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
-    assert sorted(r["data"]["config"] for r in results) == expected
+    assert sorted(r["data"]["config"] for r in results) == sorted(expected * len(SWEEP_SEEDS))
     for r in results:
         assert r["status"] == "completed"
         if r["data"]["config"] == "base":  # the base model: evaluated on the same items, trained on nothing
@@ -95,24 +71,24 @@ def test_seven_config_sweep_with_the_basic_launcher(tmp_path):
             assert not (Path(r["run_dir"]) / "adapter").exists() and not (Path(r["run_dir"]) / "checkpoints").exists()
             assert "eval/translated/mcq/hamming" in r["metrics"]
             continue
-        assert r["data"]["n_examples"] == 48  # equal budget: same size, different provenance
+        assert r["data"]["n_examples"] == 24  # equal budget (mix.budget=24): same size, different provenance
         assert sorted(r["data"]["counts"]) == sorted(r["data"]["config"].split("+"))
         assert "eval/translated/mcq/hamming" in r["metrics"]
         assert Path(r["run_dir"]).parent == sweep_dir
 
     def items(config: str) -> list:
-        (run,) = [r for r in results if r["data"]["config"] == config]
+        (run,) = [r for r in results if r["data"]["config"] == config and r["data"]["seed"] == SWEEP_SEEDS[0]]
         lines = (Path(run["run_dir"]) / "predictions.jsonl").read_text().splitlines()
         return [(p["test_set"], p["task"], p["id"], p["prompt"]) for p in map(json.loads, lines)]
 
     assert items("base") == items("native")  # the same test items, prompted the same way
     # the seven configurations against the untuned base model
-    report = subprocess.run([sys.executable, "-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "against_base"
+    report = cli("-m", "medinject.report", str(sweep_dir), "--baseline", "base", "--resamples", "200", "--out", str(out), timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     import csv
 
-    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    rows = list(csv.DictReader((out / "summary.csv").open()))
     metric = "eval/native/mcqu/em_constrained"
     compared = {row["config"] for row in rows if row["metric"] == metric and row["diff"] != ""}
     assert compared == set(expected) - {"base"} and all(row["baseline"] == "base" for row in rows)

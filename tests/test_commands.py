@@ -4,12 +4,10 @@ tool, `python -m medinject` is the same command, and every tool ends by one rule
 import errno
 import importlib
 import signal
-import subprocess
-import sys
 import tomllib
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 from medinject.commands import COMMANDS, main
 from medinject.util.cli import ending, tool
@@ -29,7 +27,7 @@ def test_every_subcommand_names_a_tool_that_exists():
 
 
 def test_python_m_medinject_lists_the_commands_and_refuses_an_unknown_one(capsys):
-    result = subprocess.run([sys.executable, "-m", "medinject"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = cli("-m", "medinject", timeout=120)
     assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
     assert main(["nope"]) == 2
     assert capsys.readouterr().err.strip() == f"medinject: error: no command 'nope'; the commands: {', '.join(COMMANDS)}"

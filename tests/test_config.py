@@ -3,15 +3,13 @@ file composes on the typed schema, the defaults, and a misspelled key, a wrong t
 fails when the config is composed (in-process and through the CLI), before anything runs."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from conftest import CONF, ROOT, compose_cfg
+from conftest import CONF, cli, compose_cfg
 
 DATA_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -93,19 +91,15 @@ def test_unknown_enum_value_fails_at_compose_time():
         compose_cfg("adapter.quantization=int3")
 
 
-def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
-
-
 def test_cli_prints_the_composed_config():
-    result = _cli("--cfg", "job", "data=native+translated")
+    result = cli("train.py", "--cfg", "job", "data=native+translated")
     assert result.returncode == 0, result.stderr
     assert "name: native+translated" in result.stdout
     assert "quantization: nf4" in result.stdout
 
 
 def test_cli_unknown_data_config_lists_the_valid_options():
-    result = _cli("data=nope")
+    result = cli("train.py", "data=nope")
     assert result.returncode != 0
     assert "Could not find 'data/nope'" in result.stderr
     for name in DATA_CONFIGS:
@@ -113,7 +107,7 @@ def test_cli_unknown_data_config_lists_the_valid_options():
 
 
 def test_cli_misspelled_key_fails_before_running():
-    result = _cli("trainer.max_stepz=3")
+    result = cli("train.py", "trainer.max_stepz=3")
     assert result.returncode != 0
     assert "Key 'max_stepz' not in 'TrainerConfig'" in result.stderr
 
@@ -151,6 +145,6 @@ def test_importing_the_config_package_registers_nothing_register_does():
             "before = ('run_schema.yaml' in ConfigStore.instance().repo, OmegaConf.has_resolver('medinject.run_name')); "
             "c.register(); c.register(); "
             "print(before, ('run_schema.yaml' in ConfigStore.instance().repo, OmegaConf.has_resolver('medinject.run_name')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = cli("-c", code, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(False, False) (True, True)"

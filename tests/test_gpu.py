@@ -6,15 +6,12 @@ stage (probe losses, saving, evaluation, re-evaluation) runs on the wrong device
 `bench/gpu_check.sh` runs this file and prints times and peak GPU memory."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import cli
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,8 +24,7 @@ GPU_SMOKE = ("experiment=smoke", "eval.backend=hf", "eval.meteor=false", "logger
 
 def _train(run_dir, *overrides: str) -> dict:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "train.py", *GPU_SMOKE, *overrides, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    result = cli("train.py", *GPU_SMOKE, *overrides, f"hydra.run.dir={run_dir}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run_dir / "results.json").read_text())
     print(f"gpu-check: {' '.join(overrides) or 'default'}: {time.perf_counter() - started:.1f} s, "
@@ -45,8 +41,7 @@ def test_training_and_evaluation_run_on_the_gpu(tmp_path, adapter):
     assert record["train"]["peak_gpu_memory_gib"] > 0
     assert record["metrics"]["train/probe_loss_end"] < record["metrics"]["train/probe_loss_start"]
     if adapter == "qlora":  # re-evaluation places the model on the GPU too
-        result = subprocess.run([sys.executable, "-m", "medinject.eval", str(tmp_path / "run"), "eval.limit=2"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=900)
+        result = cli("-m", "medinject.eval", str(tmp_path / "run"), "eval.limit=2", timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads((tmp_path / "run" / "results.json").read_text())["devices"]["eval"] == "cuda:0"
 

@@ -3,24 +3,18 @@ are never silently reused, versioned checkpoint names resume; callbacks and logg
 
 import json
 import shutil
-import subprocess
-import sys
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, cli, compose_cfg
 from medinject.config import run_name
 from medinject.train.callbacks import user_callbacks
 from medinject.train.checkpoints import last_checkpoint
 
 SAMPLE = ROOT / "src" / "medinject" / "sample_data"
 QUICK = ("experiment=smoke", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]", "trainer.enable_progress_bar=false")
-
-
-def _train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_run_control_keys_do_not_move_a_run_and_result_keys_do():
@@ -36,9 +30,9 @@ def test_run_control_keys_do_not_move_a_run_and_result_keys_do():
 
 @pytest.mark.e2e
 def test_a_single_run_and_a_sweep_run_of_the_same_config_write_different_wandb_runs(tmp_path):
-    single = _train(*QUICK, "logger=wandb", f"hydra.run.dir={tmp_path}/outputs/" + "${medinject.run_name:}")
+    single = cli("train.py", *QUICK, "logger=wandb", f"hydra.run.dir={tmp_path}/outputs/" + "${medinject.run_name:}")
     assert single.returncode == 0, single.stderr[-2000:]
-    sweep = _train("-m", *QUICK, "data=native", "logger=wandb", f"hydra.sweep.dir={tmp_path}/multirun")
+    sweep = cli("train.py", "-m", *QUICK, "data=native", "logger=wandb", f"hydra.sweep.dir={tmp_path}/multirun")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     (single_dir,) = (tmp_path / "outputs").iterdir()
     (sweep_dir,) = [p for p in (tmp_path / "multirun").iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -56,7 +50,7 @@ def test_an_edited_training_file_is_never_reported_as_skipped(tmp_path):
     shutil.copytree(SAMPLE, data)
     args = (*QUICK, "logger=csv", f"paths.sample_data={data}", f"hydra.run.dir={tmp_path}/run",
             "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor")  # a callback from config alone
-    first = _train(*args)
+    first = cli("train.py", *args)
     assert first.returncode == 0, first.stderr[-2000:]
     results = tmp_path / "run" / "results.json"
     record = json.loads(results.read_text())
@@ -64,7 +58,7 @@ def test_an_edited_training_file_is_never_reported_as_skipped(tmp_path):
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "lr-AdamW" in header  # LearningRateMonitor reached the Trainer
 
-    again = _train(*args)
+    again = cli("train.py", *args)
     assert again.returncode == 0 and "already completed; skipped" in again.stderr + again.stdout
 
     train_file = data / "native" / "train" / "mcq.jsonl"
@@ -72,7 +66,7 @@ def test_an_edited_training_file_is_never_reported_as_skipped(tmp_path):
     edited = json.loads(rows[0])
     edited["instruction"] += " (corrigé)"
     train_file.write_text("\n".join([json.dumps(edited, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
-    stale = _train(*args)
+    stale = cli("train.py", *args)
     assert stale.returncode == 2
     last = stale.stderr.strip().splitlines()[-1]
     assert last.startswith(f"medinject: error: {tmp_path}/run: was computed from other inputs: {train_file} changed"), last

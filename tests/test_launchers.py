@@ -91,3 +91,25 @@ def test_cpu_threads_override_the_allocation_and_are_range_checked(monkeypatch):
         torch.set_num_threads(before)
     with pytest.raises(UserError, match=r"trainer.cpu_threads.*integer >= 1"):
         check_settings(compose_cfg("trainer.cpu_threads=0"))
+
+
+def test_slurm_tasks_are_matched_to_jobs_across_arrays_and_only_this_invocations(tmp_path):
+    """A mixture search submits its design and each round as arrays of their own, each numbered from 0:
+    job k is the k-th task across this invocation's arrays, in submission order; the arrays of an
+    earlier invocation of the same sweep (a rerun) are left out."""
+    import os
+    import time
+
+    from medinject.sweep.status import array_tasks
+
+    sweep = tmp_path / "sweep"
+    folders = sweep / ".submitit"
+    old = time.time() - 3600
+    for name in ("41_0", "41_1"):  # the previous invocation's design
+        (folders / name).mkdir(parents=True)
+        os.utime(folders / name, (old, old))
+    started = time.time() - 60
+    for name in ("57_2", "57_0", "57_1", "58_0", "58_1", "103_0", "12345"):  # design, round 1, round 2, a local job
+        (folders / name).mkdir(parents=True)
+    assert array_tasks(sweep, since=started) == {0: "57_0", 1: "57_1", 2: "57_2", 3: "58_0", 4: "58_1", 5: "103_0"}
+    assert array_tasks(sweep)[0] == "41_0"  # without the start time every array counts

@@ -12,7 +12,7 @@ from pathlib import Path
 import lm_eval  # the dev extra (pyproject.toml pins it): make test installs it
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,7 @@ def test_lm_eval_agrees_with_em_loglik_on_every_mcqu_item_of_both_protocols(trai
 
 
 def test_the_task_folder_command_writes_every_task_and_says_where(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.eval.lm_eval_tasks", str(tmp_path / "tasks"), "eval.limit=2"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = cli("-m", "medinject.eval.lm_eval_tasks", str(tmp_path / "tasks"), "eval.limit=2", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().startswith("12 lm-eval tasks -> ")  # 2 test sets x (2 tasks x 2 protocols + 2 strict generate tasks)
     from lm_eval.tasks import TaskManager

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 from medinject.report.registered import rounds_section, score_predictions
 from medinject.report.search import best_point, candidate_lattice, choose_points, fit_surface, register
@@ -166,15 +166,11 @@ def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
 
 def test_the_bench_prints_runs_needed_as_ratios_and_the_coverage(tmp_path):
     import json
-    import subprocess
-    import sys
 
     grid = tmp_path / "broad.json.gz"
-    made = subprocess.run([sys.executable, "bench/mixture_search.py", "--synthetic", str(grid), "--kind", "broad"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    made = cli("bench/mixture_search.py", "--synthetic", str(grid), "--kind", "broad", timeout=300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
-    out = subprocess.run([sys.executable, "bench/mixture_search.py", "--replay", str(grid), "--replays", "2", "--json", str(tmp_path / "r.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = cli("bench/mixture_search.py", "--replay", str(grid), "--replays", "2", "--json", str(tmp_path / "r.json"), timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[1].split()[:4] == ["strategy", "median", "runs", "/"]

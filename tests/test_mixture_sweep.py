@@ -5,13 +5,11 @@ the same from the run directories alone by `python -m medinject.report`."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import cli
 
 from medinject.report.render import DEMO_BANNER
 
@@ -33,12 +31,8 @@ CENTROID_DESIGN = (  # vertices, edge midpoints, centroid: the seven provenance 
 )
 
 
-def _python(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout)
-
-
 def _planned(*overrides: str) -> list[str]:
-    result = _python("train.py", "-m", *overrides, "dry_run=true", timeout=300)
+    result = cli("train.py", "-m", *overrides, "dry_run=true", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return [line for line in result.stdout.splitlines() if line.startswith("training examples:")]
 
@@ -56,7 +50,7 @@ def test_shipped_designs_plan_every_point_with_zero_shares_left_out():
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mixture_sweep")
-    result = _python("train.py", "-m", *SMALL, CENTROID_DESIGN, f"hydra.sweep.dir={root}")
+    result = cli("train.py", "-m", *SMALL, CENTROID_DESIGN, f"hydra.sweep.dir={root}", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((root / "sweep_summary.json").read_text())["counts"]["completed"] == 7
     return root
@@ -91,7 +85,7 @@ def test_the_report_rebuilds_mixture_json_from_the_run_directories(sweep_dir, tm
         (copy / run.name).mkdir(parents=True)
         for name in ("results.json", "predictions.jsonl", "config.yaml"):
             shutil.copy2(run / name, copy / run.name / name)
-    result = _python("-m", "medinject.report", str(copy))  # no sweep summary, no native config: no baseline
+    result = cli("-m", "medinject.report", str(copy))  # no sweep summary, no native config: no baseline
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = json.loads((copy / "mixture.json").read_text())
     original = json.loads((sweep_dir / "mixture.json").read_text())

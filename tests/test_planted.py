@@ -131,11 +131,11 @@ def test_every_provenance_config_prepares_the_planted_data(tmp_path, config):
 
 def test_changed_parameters_regenerate_the_data(tmp_path):
     cfg = compose_cfg("experiment=known_answer", f"paths.cache_dir={tmp_path}")
-    folder = ensure_planted(cfg)
+    folder = ensure_planted(cfg.planted, cfg.paths.sample_data)
     first = json.loads((folder / "truth.json").read_text())
-    assert ensure_planted(cfg) == folder and json.loads((folder / "truth.json").read_text()) == first
+    assert ensure_planted(cfg.planted, cfg.paths.sample_data) == folder and json.loads((folder / "truth.json").read_text()) == first
     changed = compose_cfg("experiment=known_answer", f"paths.cache_dir={tmp_path}", "planted.transfer=0.9")
-    ensure_planted(changed)
+    ensure_planted(changed.planted, changed.paths.sample_data)
     assert json.loads((folder / "truth.json").read_text())["params"]["transfer"] == 0.9
 
 

@@ -6,46 +6,31 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF, ROOT
+from conftest import CONF, SMALL_SWEEP, SWEEP_SEEDS, cli
 
 from medinject.util.errors import UserError
 from medinject.report.build import build_report
 
 CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-SEEDS = (1, 2)
-SMALL = (  # the smoke preset shrunk further: every stage runs, in a few seconds per job
-    "experiment=smoke",
-    "logger=none",
-    "trainer.max_steps=2",
-    "trainer.enable_progress_bar=false",
-    "mix.budget=24",
-    "eval.limit=4",
-    "eval.oeq_max_new_tokens=16",
-)
+SEEDS = SWEEP_SEEDS
+SMALL = SMALL_SWEEP
 KEPT = ("results.json", "predictions.jsonl", "config.yaml", ".hydra")  # what the report reads
 
 
-def _python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout)
-
-
 def _train_one(run_dir: Path, data: str, seed: int, *extra: str) -> subprocess.CompletedProcess:
-    return _python("train.py", *SMALL, f"data={data}", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}")
+    return cli("train.py", *SMALL, f"data={data}", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}")
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    """Seven configs x two seeds: one real `python train.py -m` sweep, which also builds the report."""
-    root = tmp_path_factory.mktemp("sweep")
-    result = _python("train.py", "-m", "experiment=[provenance_sweep,smoke]", *SMALL[1:], f"seed={','.join(map(str, SEEDS))}",
-                     f"hydra.sweep.dir={root}", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+def sweep_dir(provenance_sweep) -> Path:
+    """Seven configs and the base model x two seeds: the session's real `python train.py -m` sweep,
+    which also built the report."""
+    root = provenance_sweep
     summary = json.loads((root / "sweep_summary.json").read_text())
     assert summary["counts"]["completed"] == len(CONFIGS) * len(SEEDS)
     assert (root / "report.html").is_file()  # built when the multirun ended
@@ -54,7 +39,7 @@ def sweep_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(sweep_dir) -> Path:
-    result = _python("-m", "medinject.report", str(sweep_dir), "--baseline", "native")
+    result = cli("-m", "medinject.report", str(sweep_dir), "--baseline", "native")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(sweep_dir / "report.html")
     assert f"report: {2 * len(CONFIGS)} runs of {len(CONFIGS)} configs" in result.stderr  # progress goes through logging
@@ -260,7 +245,7 @@ def test_corrupt_results_json_is_a_one_line_error(report, tmp_path):
     sweep = _copy_sweep(report, tmp_path / "sweep")
     bad = sorted(sweep.glob("*/results.json"))[3]
     bad.write_text('{"status": "completed", "metrics": ')
-    result = _python("-m", "medinject.report", str(sweep))
+    result = cli("-m", "medinject.report", str(sweep))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"medinject: error: {bad}: not valid JSON (Expecting value at line 1 column 36); the file is damaged"
     assert "Traceback" not in result.stderr
@@ -292,5 +277,5 @@ def test_unknown_baseline_and_empty_dir_are_user_errors(report, tmp_path):
         build_report(report, baseline="nope", out_dir=tmp_path / "out")
     with pytest.raises(UserError, match="no run found"):
         build_report(tempfile.mkdtemp(dir=tmp_path))
-    result = _python("-m", "medinject.report", str(tmp_path / "nowhere"))
+    result = cli("-m", "medinject.report", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and result.stderr.strip() == f"medinject: error: {tmp_path / 'nowhere'}: not a directory"

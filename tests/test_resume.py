@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, RESUMABLE, ROOT
-
-
-def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+from conftest import CONF, RESUMABLE, ROOT, cli
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -28,7 +24,7 @@ def _metrics(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = _train(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    result = cli("train.py", *RESUMABLE, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return _metrics(run_dir)
 
@@ -52,7 +48,7 @@ def test_a_run_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_on
     _kill_after_first_checkpoint(args, run_dir / "checkpoints")
     assert not (run_dir / "results.json").exists()  # nothing claims the killed run finished
 
-    result = _train(*args)
+    result = cli("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = _metrics(run_dir)
     assert 4 <= resumed["train"]["resumed_from_step"] < 16  # it really continued mid-training
@@ -64,13 +60,13 @@ def test_a_run_killed_mid_training_resumes_to_the_metrics_of_an_uninterrupted_on
 
 def test_the_run_directory_is_named_after_the_config_not_the_clock(tmp_path):
     outputs = tmp_path / "outputs"
-    first = _train(*RESUMABLE, "trainer.max_steps=1", "eval.limit=1", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
+    first = cli("train.py", *RESUMABLE, "trainer.max_steps=1", "eval.limit=1", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = outputs.iterdir()
     assert run_dir.name.startswith("native-s42-")
-    again = _train(*RESUMABLE, "trainer.max_steps=1", "eval.limit=1", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
+    again = cli("train.py", *RESUMABLE, "trainer.max_steps=1", "eval.limit=1", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
     assert again.returncode == 0 and "already completed; skipped" in again.stdout + again.stderr
-    other = _train(*RESUMABLE, "trainer.max_steps=1", "eval.limit=1", "optim.lr=1e-3", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
+    other = cli("train.py", *RESUMABLE, "trainer.max_steps=1", "eval.limit=1", "optim.lr=1e-3", f"hydra.run.dir={outputs}/" + "${medinject.run_name:}")
     assert other.returncode == 0, other.stderr[-3000:]
     assert len(list(outputs.iterdir())) == 2  # another learning rate is another run
 
@@ -92,7 +88,7 @@ def test_one_failing_config_does_not_stop_the_sweep_and_a_rerun_trains_nothing(t
     args = [f"--config-dir={broken_config_dir}", "-m", "experiment=[provenance_sweep,smoke]", "logger=csv",
             "trainer.enable_progress_bar=false", "trainer.max_steps=2", "eval.limit=2", "eval.tasks=[mcqu]",
             f"hydra.sweep.dir={sweep_dir}"]
-    first = _train(*args)
+    first = cli("train.py", *args)
     assert first.returncode != 0  # the command says the sweep did not fully succeed
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     status = {job["data"]: job["status"] for job in summary["jobs"]}
@@ -111,7 +107,7 @@ def test_one_failing_config_does_not_stop_the_sweep_and_a_rerun_trains_nothing(t
         return {p.name: p.stat().st_mtime_ns for p in [run_dir / "results.json", *checkpoints]}
 
     done = {job["run_dir"]: written(Path(job["run_dir"])) for job in summary["jobs"] if job["status"] == "completed"}
-    second = _train(*args)
+    second = cli("train.py", *args)
     assert second.returncode != 0
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert summary["counts"] == {"completed": 0, "skipped": len(configs), "failed": 1, "missing": 0}

@@ -9,7 +9,7 @@ from http.server import HTTPServer
 
 import pytest
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, cli, compose_cfg
 from test_eval import FakeOpenAI
 
 
@@ -94,6 +94,6 @@ def test_reevaluation_replaces_eval_metrics_and_keeps_training_ones(judged_run):
 
 
 def test_reevaluating_a_directory_that_is_not_a_run_fails_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.eval", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = cli("-m", "medinject.eval", str(tmp_path), timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"medinject: error: {tmp_path}: not a trained run directory (results.json missing)"

@@ -13,16 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 COMMAND = (  # the command, with the logger, progress bars and the other task types left out to save time
     "experiment=mixture_search", "mixture.rounds=2", "mixture.per_round=3", "model=tiny", "trainer.max_steps=4", "eval.limit=4",
     "logger=none", "trainer.enable_progress_bar=false", "eval.tasks=[mcqu]",
 )  # fmt: skip
-
-
-def _train(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "-m", *args], cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def _read(path: Path) -> dict:
@@ -54,7 +50,7 @@ def killed_and_rerun(tmp_path_factory):
     killed = {n: (sweep / f"round{n}.json").read_bytes() for n in (1, 2)}
     registered = {n: (sweep / f"predictions_round{n}.json").read_bytes() for n in (1, 2)}
     round1_runs = _mtimes(sweep, json.loads(killed[1]))
-    rerun = _train(*COMMAND, f"hydra.sweep.dir={sweep}")
+    rerun = cli("train.py", "-m", *COMMAND, f"hydra.sweep.dir={sweep}", timeout=900)
     return sweep, killed, registered, round1_runs, rerun
 
 
@@ -101,7 +97,7 @@ def test_each_round_records_its_points_fit_and_scored_predictions(killed_and_rer
 
 
 def test_a_dry_run_plans_the_design_and_says_rounds_follow():
-    result = _train("experiment=mixture_search", "mixture.rounds=3", "mixture.per_round=2", "seed=1,2", "dry_run=true", timeout=300)
+    result = cli("train.py", "-m", "experiment=mixture_search", "mixture.rounds=3", "mixture.per_round=2", "seed=1,2", "dry_run=true", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "then 3 round(s) of the mixture search, 2 point(s) each x 2 run(s) per point" in result.stdout
 
@@ -115,7 +111,7 @@ def test_a_dry_run_plans_the_design_and_says_rounds_follow():
     ],
 )
 def test_bad_round_settings_are_refused_in_one_line(overrides, message):
-    result = _train(*overrides, "dry_run=true", timeout=300)
+    result = cli("train.py", "-m", *overrides, "dry_run=true", timeout=300)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("medinject: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
@@ -126,9 +122,9 @@ def test_on_slurm_the_design_and_each_round_are_job_arrays_of_their_own(tmp_path
     sweep = tmp_path / "sweep"
     design = ("mix.weights={native:1,synthetic:0,translated:0},{native:0,synthetic:1,translated:0},{native:0,synthetic:0,translated:1},"
               "{native:0.5,synthetic:0.5,translated:0},{native:0.3333333,synthetic:0.3333333,translated:0.3333334}")  # fmt: skip
-    result = _train("experiment=mixture_search", design, "mixture.rounds=1", "mixture.per_round=2", "model=tiny", "trainer.max_steps=2",
+    result = cli("train.py", "-m", "experiment=mixture_search", design, "mixture.rounds=1", "mixture.per_round=2", "model=tiny", "trainer.max_steps=2",
                     "eval.limit=4", "eval.tasks=[mcqu]", "logger=none", "trainer.enable_progress_bar=false", "mix.budget=24",
-                    "hydra/launcher=slurm_onenode", f"hydra.sweep.dir={sweep}")  # fmt: skip
+                    "hydra/launcher=slurm_onenode", f"hydra.sweep.dir={sweep}", timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = _read(sweep / "round1.json")
     assert record["status"] == "finished" and len(record["points"]) == 2
@@ -146,8 +142,8 @@ def test_the_bench_records_a_grid_through_the_cli(tmp_path):
     import gzip
 
     out = tmp_path / "grid.json.gz"
-    result = subprocess.run([sys.executable, "bench/mixture_search.py", "--record", str(out), "--points", "3", "--sweep-dir", str(tmp_path / "sweep"),
-                             "trainer.max_steps=2", "eval.limit=6"], cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = cli("bench/mixture_search.py", "--record", str(out), "--points", "3", "--sweep-dir", str(tmp_path / "sweep"),
+                             "trainer.max_steps=2", "eval.limit=6", timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     grid = json.loads(gzip.decompress(out.read_bytes()))
     assert grid["metric"] == "eval/native/mcqu/em_loglik" and grid["seeds"] == [1, 2] and len(grid["items"]) == 6

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli
 
 JOB = ("experiment=smoke", "logger=wandb", "logger.wandb.mode=offline", "trainer.enable_progress_bar=false",
        "trainer.max_steps=3", "trainer.log_every_n_steps=1", "eval.limit=2", "eval.tasks=[mcqu]")
@@ -67,7 +67,7 @@ def test_status_names_a_failed_an_unfinished_and_a_running_job(local_sweep):
     (jobs["native"] / "results.json").unlink()  # what a job killed before its end leaves: files, no result
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}
     (jobs["base"] / ".lock.owner").write_text(json.dumps(owner))  # a live process holds this one
-    result = subprocess.run([sys.executable, "-m", "medinject.sweep.status", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = cli("-m", "medinject.sweep.status", str(sweep_dir), timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{sweep_dir}: 3 jobs: 1 failed, 1 running, 1 unfinished"
@@ -78,7 +78,7 @@ def test_status_names_a_failed_an_unfinished_and_a_running_job(local_sweep):
     step, loss = re.search(r"last logged step (\d+), loss (\d+\.\d+)", by_name["native"]).groups()  # read from the W&B run file
     assert int(step) >= 1 and float(loss) > 0
     (jobs["base"] / ".lock.owner").write_text(json.dumps({**owner, "pid": 2**22 + 12345}))  # its process is gone
-    again = subprocess.run([sys.executable, "-m", "medinject.sweep.status", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    again = cli("-m", "medinject.sweep.status", str(sweep_dir), timeout=120)
     assert "1 completed, 1 failed, 1 unfinished" in again.stdout.splitlines()[0]
 
 
@@ -97,6 +97,6 @@ def test_the_last_loss_comes_from_the_csv_logger_too(tmp_path):
 
 
 def test_status_of_a_folder_with_no_sweep_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.sweep.status", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = cli("-m", "medinject.sweep.status", str(tmp_path), timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"medinject: error: {tmp_path}: no sweep here (no sweep_summary.json, no sweep_jobs.json and no run directory below it)"

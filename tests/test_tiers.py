@@ -2,17 +2,14 @@
 most of the suite, and no test that runs something whole is in the fast tier."""
 
 import re
-import subprocess
-import sys
 
 import pytest
-from conftest import E2E_MODULES, ROOT
+from conftest import E2E_MODULES, cli
 
 
 @pytest.mark.e2e
 def test_the_fast_tier_holds_most_tests_and_none_of_the_end_to_end_modules():
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e", "tests", "-p", "no:cacheprovider"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = cli("-m", "pytest", "--collect-only", "-q", "-m", "not e2e", "tests", "-p", "no:cacheprovider", timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     fast, total = map(int, re.search(r"(\d+)/(\d+) tests collected", out.stdout).groups())
     assert fast >= 0.6 * total

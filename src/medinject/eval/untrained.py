@@ -14,8 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from medinject.config import DataConfig, EvalSettings
 from medinject.util import rundir
 from medinject.util.errors import UserError, one_line
 from medinject.util.io import write_json_atomic, write_text_atomic
@@ -23,9 +22,9 @@ from medinject.util.io import write_json_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def is_untrained(cfg: DictConfig) -> bool:
-    """A config with no training source (`data=base`) evaluates its model as it is."""
-    return not cfg.data.sources
+def is_untrained(data: DataConfig) -> bool:
+    """A data config with no training source (`data=base`) evaluates its model as it is."""
+    return not data.sources
 
 
 def default_device(accelerator: str) -> str:
@@ -38,36 +37,39 @@ def default_device(accelerator: str) -> str:
     return "cpu"
 
 
-def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: rundir.RunRecord, adapter: str | None = None) -> dict[str, float]:
-    """Evaluate `cfg.model` (with the peft adapter at `adapter`, if given) on every configured test
-    set, write the manifest and the predictions into `out_dir`, fill the run record's `data`,
-    `model`, `devices`, `eval` and `timing` as a trained run does, and return the metrics."""
+def evaluate_untrained(settings: EvalSettings, label: str, seed: int, accelerator: str, out_dir: Path, record: rundir.RunRecord,
+                       adapter: str | None = None) -> dict[str, float]:
+    """Evaluate `settings.model` (with the peft adapter at `adapter`, if given) on every configured
+    test set, write the manifest and the predictions into `out_dir`, fill the run record's `data`,
+    `model`, `devices`, `eval` and `timing` as a trained run does, and return the metrics. `label`
+    names the row (the data config's name), `seed` is recorded as a trained run's is, and
+    `accelerator` (`trainer.accelerator`) picks the device when `eval.device` does not."""
     from medinject.data.prepare import load_test_sets
     from medinject.eval.runner import check_evaluation, eval_items, evaluate_model, evaluation_record, model_device
     from medinject.model.load import load_tokenizer_and_model, parameter_counts
 
     timing = record.setdefault("timing", {})
     started = time.perf_counter()
-    loaded = load_test_sets(cfg.eval.test_sets, cfg.paths)
+    loaded = load_test_sets(settings.eval.test_sets, settings.paths)
     test_rows = {name: sets.rows.examples() for name, sets in loaded.items()}
-    items = eval_items(cfg, test_rows)
-    check_evaluation(cfg)
+    items = eval_items(settings, test_rows)
+    check_evaluation(settings)
     files = {path: digest for sets in loaded.values() for path, digest in sets.files.items()}
     manifest = {
-        "data_config": cfg.data.name,
+        "data_config": label,
         "sources": {},
         "test_sets": {name: {"rows": len(rows), "by_type": _by_type(rows)} for name, rows in sorted(test_rows.items())},
-        "seed": cfg.seed,
+        "seed": seed,
         "n_examples": 0,
         "counts": {},
         "files": dict(sorted(files.items())),
     }
     write_json_atomic(out_dir / rundir.MANIFEST, manifest)
-    record["data"] = {"config": cfg.data.name, "sources": [], "mix": None, "seed": cfg.seed, "n_examples": 0, "counts": {}}
+    record["data"] = {"config": label, "sources": [], "mix": None, "seed": seed, "n_examples": 0, "counts": {}}
     timing["data"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    tokenizer, model = load_tokenizer_and_model(cfg.model, cfg.adapter)
+    tokenizer, model = load_tokenizer_and_model(settings.model, settings.adapter)
     if adapter is not None:
         from peft import PeftModel
 
@@ -75,27 +77,27 @@ def evaluate_untrained(cfg: DictConfig, out_dir: Path, record: rundir.RunRecord,
             model = PeftModel.from_pretrained(model, str(adapter))
         except Exception as err:  # noqa: BLE001 - safetensors, json and peft each raise their own types
             raise UserError(f"--adapter {adapter}: cannot load the adapter ({one_line(err)})") from None
-    device = cfg.eval.device or default_device(cfg.trainer.accelerator)
+    device = settings.eval.device or default_device(accelerator)
     model = model.to(device)
     _, total = parameter_counts(model)
     record["model"] = {
-        "name": cfg.model.name,
-        "path": cfg.model.path,
+        "name": settings.model.name,
+        "path": settings.model.path,
         "adapter": str(adapter) if adapter is not None else None,
         "method": None,
-        "quantization": cfg.adapter.quantization.value if cfg.adapter.quantization else None,
+        "quantization": settings.adapter.quantization.value if settings.adapter.quantization else None,
         "trainable_params": 0,
         "total_params": total,
     }
     record["train"] = {"optimizer_steps": 0, "untrained": True}
     timing["model"] = round(time.perf_counter() - started, 3)
-    log.info("model %s%s: evaluated as it is, no training (%d parameters)", cfg.model.name,
+    log.info("model %s%s: evaluated as it is, no training (%d parameters)", settings.model.name,
              f" with the adapter {adapter}" if adapter else "", total)
 
     started = time.perf_counter()
     record.setdefault("devices", {})["eval"] = model_device(model)
-    record["eval"] = evaluation_record(cfg)
-    metrics, predictions = evaluate_model(model, tokenizer, cfg, items)
+    record["eval"] = evaluation_record(settings)
+    metrics, predictions = evaluate_model(model, tokenizer, settings, items)
     rundir.write_predictions(out_dir, predictions)
     timing["eval"] = round(time.perf_counter() - started, 3)
     return {"train/optimizer_steps": 0.0, **metrics}
@@ -143,7 +145,7 @@ def evaluate_any_model(model: str, out_dir: Path, overrides: list[str], adapter:
         from medinject.data.inputs import input_hashes
 
         record["inputs"] = input_hashes(DataSettings.of(cfg))
-        record["metrics"] = evaluate_untrained(cfg, out_dir, record, adapter)
+        record["metrics"] = evaluate_untrained(EvalSettings.of(cfg), label, int(cfg.seed), str(cfg.trainer.accelerator), out_dir, record, adapter)
         record["status"] = "completed"
     except BaseException as err:
         record["status"] = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"

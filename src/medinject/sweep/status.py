@@ -14,8 +14,9 @@ writes before it launches anything, else the run directories found below the swe
 * `pending`: nothing in its run directory yet.
 
 Where SLURM's `sacct` (else `squeue`) answers, each job of the sweep's job array also shows SLURM's
-state (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, ...), matched by array index (the sweeper submits
-all jobs as one array unless `hydra.sweeper.max_batch_size` splits them).
+state (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, ...). Each batch the sweeper launches is one
+array (all jobs, unless `hydra.sweeper.max_batch_size` splits them; a mixture search's design and
+each of its rounds): a job is matched to its task by its place across the arrays (`array_tasks`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from medinject.util import rundir
 from medinject.util.cli import tool
 from medinject.util.errors import UserError
+from medinject.util.io import read_json
 from medinject.util.rundir import RESULTS, SWEEP_JOBS, SWEEP_SUMMARY
 
 FINAL = ("completed", "failed")
@@ -193,24 +195,50 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     return [{"num": n, "run_dir": str(run_dir), "data": None, "seed": None} for n, run_dir in enumerate(found)]
 
 
+def _started(sweep_dir: Path) -> float | None:
+    """When the sweep's latest invocation started (its job list's `started`), where it says."""
+    try:
+        started = read_json(sweep_dir / SWEEP_JOBS).get("started")
+    except UserError:
+        return None
+    return float(started) if isinstance(started, (int, float)) else None
+
+
 def _moved(sweep_dir: Path, recorded: str) -> str:
     """A run dir as recorded; when the sweep was moved, the same name under the sweep dir."""
     path = Path(recorded)
     return str(path if path.is_dir() or not path.name or not (sweep_dir / path.name).is_dir() else sweep_dir / path.name)
 
 
-def slurm_states(sweep_dir: Path) -> dict[int, str]:
-    """{array index: SLURM state} of the sweep's job arrays (submitit's `.submitit/<array>_<index>`
-    folders), from sacct, else squeue; {} where neither is installed or answers."""
+def array_tasks(sweep_dir: Path, since: float | None = None) -> dict[int, str]:
+    """{job number: SLURM task id `<array>_<index>`} of the sweep's job arrays (submitit's
+    `.submitit/<array>_<index>` folders, one per task from submission on). The sweeper launches its
+    batches (the design's, then each round's) in job-number order and SLURM numbers arrays in
+    submission order, so the k-th array's tasks follow those of the arrays before it. `since` (when
+    this invocation of the sweep started) leaves out the arrays of earlier invocations."""
     folders = sweep_dir / ".submitit"
-    tasks: dict[str, int] = {}
+    arrays: dict[int, set[int]] = {}
     if folders.is_dir():
         for path in folders.iterdir():
-            if match := _ARRAY_TASK.match(path.name):
-                tasks[path.name] = int(match[2])
-    if not tasks:
+            if (match := _ARRAY_TASK.match(path.name)) and (since is None or path.stat().st_mtime >= since):
+                arrays.setdefault(int(match[1]), set()).add(int(match[2]))
+    tasks: dict[int, str] = {}
+    offset = 0
+    for array in sorted(arrays):
+        for index in sorted(arrays[array]):
+            tasks[offset + index] = f"{array}_{index}"
+        offset += max(arrays[array]) + 1
+    return tasks
+
+
+def slurm_states(sweep_dir: Path, since: float | None = None) -> dict[int, str]:
+    """{job number: SLURM state} of the sweep's array tasks (`array_tasks`), from sacct, else squeue;
+    {} where neither is installed or answers."""
+    by_num = array_tasks(sweep_dir, since)
+    if not by_num:
         return {}
-    arrays = sorted({name.split("_")[0] for name in tasks})
+    tasks = {name: num for num, name in by_num.items()}
+    arrays = sorted({name.split("_")[0] for name in tasks}, key=int)
     states: dict[str, str] = {}
     try:
         if shutil.which("sacct"):
@@ -226,7 +254,7 @@ def slurm_states(sweep_dir: Path) -> dict[int, str]:
                 states[job.strip()] = state.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {index: states[name] for name, index in tasks.items() if states.get(name)}
+    return {num: states[name] for name, num in tasks.items() if states.get(name)}
 
 
 def sweep_status(sweep_dir: Path) -> list[JobState]:
@@ -235,7 +263,7 @@ def sweep_status(sweep_dir: Path) -> list[JobState]:
         raise UserError(f"{sweep_dir}: not a directory")
     jobs = [job_state(int(job.get("num", n)), Path(job["run_dir"]), job.get("data"), job.get("seed"))
             for n, job in enumerate(sweep_jobs(sweep_dir))]
-    slurm = slurm_states(sweep_dir)
+    slurm = slurm_states(sweep_dir, _started(sweep_dir))
     for job in jobs:
         job.slurm = slurm.get(job.num)
     return jobs

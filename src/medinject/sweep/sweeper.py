@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -55,10 +56,12 @@ class SweeperWithSummary(BasicSweeper):
         self.config = None
         self.launcher = None
         self._batch_size, self._gpu_plan = None, None
+        self._started: float | None = None  # when this invocation began (time.time())
 
     def sweep(self, arguments: list[str]) -> Any:
         from medinject.sweep.devices import check_launcher, local_gpu_plan
 
+        self._started = time.time()  # the job list says it: the status reads this invocation's SLURM arrays only
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         try:
@@ -164,7 +167,8 @@ class SweeperWithSummary(BasicSweeper):
             run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
             planned.append({"num": len(earlier) + len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
         every = [{k: job[k] for k in ("num", "overrides", "run_dir", "data", "seed")} for job in earlier] + planned
-        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "n_jobs": len(every), "jobs": every})
+        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "started": self._started,
+                                                         "n_jobs": len(every), "jobs": every})
         batch = max((len(b) for b in self.overrides), default=1)
         progress = ProgressWatch(planned, parallel_jobs(self.config.hydra.get("launcher"), batch))
         progress.start()
@@ -242,7 +246,7 @@ def _plant(config: DictConfig, sweep_dir: Path) -> None:
     from medinject.data.planted import ensure_planted
 
     try:
-        folder = ensure_planted(config)
+        folder = ensure_planted(config.get("planted"), config.paths.sample_data)
     except UserError as err:
         _exit(2, str(err))
     if folder is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from medinject.config import TrainSettings
+from medinject.config import TrackingConfig, TrainSettings
 from medinject.util.cli import in_multirun
 from medinject.util.errors import UserError
 from medinject.util.io import write_text_atomic
@@ -76,13 +76,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def log_results(cfg: DictConfig, loggers: list, metrics: dict[str, float], step: int, predictions: list[dict]) -> None:
-    """The final metrics to every logger; the predictions (credentials masked) as a W&B table."""
+def log_results(tracking: TrackingConfig, loggers: list, metrics: dict[str, float], step: int, predictions: list[dict]) -> None:
+    """The final metrics to every logger; the predictions (credentials masked) as a W&B table when
+    `tracking.log_predictions`."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
-        if isinstance(logger, WandbLogger) and cfg.tracking.log_predictions and predictions:
+        if isinstance(logger, WandbLogger) and tracking.log_predictions and predictions:
             rows = redact([[p.get(column) for column in PREDICTION_COLUMNS] for p in predictions])
             logger.log_table(key="eval/predictions", columns=list(PREDICTION_COLUMNS), data=rows)
         logger.save()
