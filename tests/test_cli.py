@@ -21,7 +21,8 @@ def test_smoke_run_through_the_cli_with_wandb_offline_leaks_no_secret(tmp_path):
     first = json.loads(rows[0])
     first["instruction"] = f"{first['instruction']} (ref. {SECRET_HF})"
     (tests / "mcqu.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n", encoding="utf-8")
-    result = cli("train.py", 
+    result = cli(
+        "train.py",
         "experiment=smoke",
         "logger=wandb",
         "logger.wandb.mode=offline",

@@ -155,12 +155,13 @@ def test_replay_on_the_recorded_known_answer_grid():
     grid = bench.read_grid(ROOT / "tests" / "data" / "mixture_grid_known_answer.json.gz")
     assert len(grid["points"]) == 66 and grid["seeds"] == [1, 2] and len(grid["items"]) == 90
     planted = grid["planted_best"]
-    result = bench.replay(bench.Grid(grid), replays=20, per_round=3, seed=0)
+    replayed = bench.Grid(grid)
+    result = bench.replay(replayed, replays=20, per_round=3, seed=0)
     assert all(abs(result["best"][s] - planted[s]) <= 0.05 for s in planted), (result["best"], planted)
     median = result["median"]
     assert median["sequential"] <= 10 and median["sequential"] <= median["fixed"]
     assert result["coverage"] >= 0.85 and result["registered"] > 0
-    truth = bench.Grid(grid).truth
+    truth = replayed.truth
     assert (truth >= truth.max() - result["mde"]).sum() == 30 and median["random"] == 2
 
 

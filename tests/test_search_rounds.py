@@ -123,8 +123,8 @@ def test_on_slurm_the_design_and_each_round_are_job_arrays_of_their_own(tmp_path
     design = ("mix.weights={native:1,synthetic:0,translated:0},{native:0,synthetic:1,translated:0},{native:0,synthetic:0,translated:1},"
               "{native:0.5,synthetic:0.5,translated:0},{native:0.3333333,synthetic:0.3333333,translated:0.3333334}")  # fmt: skip
     result = cli("train.py", "-m", "experiment=mixture_search", design, "mixture.rounds=1", "mixture.per_round=2", "model=tiny", "trainer.max_steps=2",
-                    "eval.limit=4", "eval.tasks=[mcqu]", "logger=none", "trainer.enable_progress_bar=false", "mix.budget=24",
-                    "hydra/launcher=slurm_onenode", f"hydra.sweep.dir={sweep}", timeout=900)  # fmt: skip
+                 "eval.limit=4", "eval.tasks=[mcqu]", "logger=none", "trainer.enable_progress_bar=false", "mix.budget=24",
+                 "hydra/launcher=slurm_onenode", f"hydra.sweep.dir={sweep}", timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = _read(sweep / "round1.json")
     assert record["status"] == "finished" and len(record["points"]) == 2
@@ -143,7 +143,7 @@ def test_the_bench_records_a_grid_through_the_cli(tmp_path):
 
     out = tmp_path / "grid.json.gz"
     result = cli("bench/mixture_search.py", "--record", str(out), "--points", "3", "--sweep-dir", str(tmp_path / "sweep"),
-                             "trainer.max_steps=2", "eval.limit=6", timeout=900)  # fmt: skip
+                 "trainer.max_steps=2", "eval.limit=6", timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     grid = json.loads(gzip.decompress(out.read_bytes()))
     assert grid["metric"] == "eval/native/mcqu/em_loglik" and grid["seeds"] == [1, 2] and len(grid["items"]) == 6

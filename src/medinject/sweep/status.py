@@ -36,7 +36,6 @@ from pathlib import Path
 from medinject.util import rundir
 from medinject.util.cli import tool
 from medinject.util.errors import UserError
-from medinject.util.io import read_json
 from medinject.util.rundir import RESULTS, SWEEP_JOBS, SWEEP_SUMMARY
 
 FINAL = ("completed", "failed")
@@ -195,15 +194,6 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     return [{"num": n, "run_dir": str(run_dir), "data": None, "seed": None} for n, run_dir in enumerate(found)]
 
 
-def _started(sweep_dir: Path) -> float | None:
-    """When the sweep's latest invocation started (its job list's `started`), where it says."""
-    try:
-        started = read_json(sweep_dir / SWEEP_JOBS).get("started")
-    except UserError:
-        return None
-    return float(started) if isinstance(started, (int, float)) else None
-
-
 def _moved(sweep_dir: Path, recorded: str) -> str:
     """A run dir as recorded; when the sweep was moved, the same name under the sweep dir."""
     path = Path(recorded)
@@ -263,7 +253,7 @@ def sweep_status(sweep_dir: Path) -> list[JobState]:
         raise UserError(f"{sweep_dir}: not a directory")
     jobs = [job_state(int(job.get("num", n)), Path(job["run_dir"]), job.get("data"), job.get("seed"))
             for n, job in enumerate(sweep_jobs(sweep_dir))]
-    slurm = slurm_states(sweep_dir, _started(sweep_dir))
+    slurm = slurm_states(sweep_dir, rundir.job_list_started(sweep_dir))
     for job in jobs:
         job.slurm = slurm.get(job.num)
     return jobs

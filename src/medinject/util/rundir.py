@@ -200,3 +200,14 @@ def read_job_list(path: Path) -> list[SweepJob]:
     if not isinstance(listed, dict) or not isinstance(listed.get("jobs"), list):
         raise UserError(f"{path}: no 'jobs' list")
     return listed["jobs"]
+
+
+def job_list_started(sweep_dir: Path) -> float | None:
+    """When the sweep's latest invocation started (`SWEEP_JOBS`' `started`, seconds since the epoch,
+    written by the sweeper), or None where the job list is missing, damaged or does not say."""
+    try:
+        listed = read_json(sweep_dir / SWEEP_JOBS)
+    except UserError:
+        return None
+    started = listed.get("started") if isinstance(listed, dict) else None
+    return float(started) if isinstance(started, (int, float)) else None
