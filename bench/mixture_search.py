@@ -3,17 +3,25 @@
     python bench/mixture_search.py --record tests/data/mixture_grid_known_answer.json.gz   # trains 66 x 2 runs
     python bench/mixture_search.py --replay tests/data/mixture_grid_known_answer.json.gz
     python bench/mixture_search.py --synthetic tests/data/mixture_grid_planted.json.gz [--kind broad]  # planted, no training
+    python bench/mixture_search.py --synthetic /tmp/memoriser.json.gz --kind memoriser   # planted=sharp's model, no training
+    python bench/mixture_search.py --replay /tmp/memoriser.json.gz --initial 7 --per-round 1
 
 `--record` trains the dense grid through the real CLI: the 66 points of the 0.1 lattice on the three
 sources, seeds 1 and 2, on `experiment=known_answer_mixture` (the known-answer data and tiny preset
 of experiment=known_answer, mix=weighted), and saves every point's per-seed, per-item scores of the
 planted truth's metric as a compact grid file (gzipped JSON). Rerunning it skips the runs done.
 
+`--synthetic --kind memoriser` is the grid `planted=sharp` would give a perfect memoriser
+(medinject.data.planted's model, drawn item by item from its generated rows): a run knows the facts of
+the rows it drew (each source's rows in a seeded order, as mix=weighted takes them; all of them once
+its share reaches them) and answers each unseen fact with one letter per run, its prior.
+
 `--replay` replays strategies against a grid without training. A replay draws the test items with
 replacement (the same draw for every point) and, for every point, which of the grid's seeds a run of
 it gives: a run's score is that seed's mean over the drawn items. Strategies, one seed per point:
 
-* `sequential`: experiment=mixture_search's 10-point design, then rounds of `--per-round` points
+* `sequential`: experiment=mixture_search's 10-point design (its first `--initial` points: 7 is the
+  simplex-centroid design of vertices, edge midpoints and centroid), then rounds of `--per-round` points
   chosen by expected improvement (medinject.report.search, as `mixture.rounds` does); after each
   round it recommends the best lattice point, taking a point's observed score where it was run and
   the fitted surface's elsewhere;
@@ -131,6 +139,43 @@ def synthetic_grid(seed: int = 0, n_items: int = 96, seed_sd: float = 0.002, noi
             "planted_best": points[int(np.argmax(truth))]["shares"]}  # fmt: skip
 
 
+def memoriser_grid(seed: int = 0) -> dict:
+    """planted=sharp's grid for a perfect memoriser: per item, right where the run drew the fact's row
+    and its source taught the test's letter, or, for a fact not drawn, where the run's prior letter is
+    the answer (the generator balances the letters, so that is chance on average)."""
+    from omegaconf import OmegaConf
+
+    from medinject.data.planted import LETTERS, generate, params_of
+
+    params = params_of(OmegaConf.load(ROOT / "conf" / "planted" / "sharp.yaml"))
+    rows = generate(params)
+    test = {r["instruction"]: r["answer"] for r in rows["native/test/mcqu"]}
+    items = sorted(test)
+    index = {q: i for i, q in enumerate(items)}
+    taught = {s: [(index[r["instruction"]], r["answer"] == test[r["instruction"]]) for r in rows[f"{s}/train/mcqu"]] for s in SOURCES}
+    answers = np.array([LETTERS.index(test[q]) for q in items])
+    points = []
+    for c in lattice():
+        x = np.array(c) / 10
+        scores = {}
+        for s in SEEDS:
+            rng = np.random.default_rng([seed, s, *c])
+            known = np.full(len(items), -1)
+            for share, source in zip(x, SOURCES):
+                drawn = rng.permutation(len(taught[source]))[: round(share * params.budget)]
+                for k in drawn:
+                    item, right = taught[source][k]
+                    known[item] = int(right)
+            prior = (answers == rng.integers(len(LETTERS))).astype(int)
+            scores[str(s)] = np.where(known >= 0, known, prior).tolist()
+        points.append({"lattice": list(c), "shares": dict(zip(SOURCES, x.round(4).tolist())), "scores": scores})
+    from medinject.data.planted import mixture_optimum
+
+    return {"format": FORMAT, "metric": "planted-sharp/memoriser/em", "components": SOURCES, "step": STEP, "seeds": list(SEEDS),
+            "items": [f"item{i}" for i in range(len(items))], "points": points,
+            "source": f"memoriser_grid(seed={seed}) of conf/planted/sharp.yaml", "planted_best": mixture_optimum(params)}  # fmt: skip
+
+
 def record(out: Path, sweep_dir: Path, extra: list[str], n_points: int | None = None) -> None:
     """Train the grid through the CLI (completed runs are skipped on a rerun) and save its scores;
     `n_points`: only the first points of the lattice (a smoke test of the recording)."""
@@ -191,13 +236,14 @@ def design_points(shares: np.ndarray) -> list[int]:
 
 
 class Grid:
-    def __init__(self, grid: dict):
+    def __init__(self, grid: dict, initial: int | None = None):
         self.components = grid["components"]
         self.shares = np.array([[p["shares"][c] for c in self.components] for p in grid["points"]], dtype=float)
         self.scores = np.array([[p["scores"][str(s)] for s in grid["seeds"]] for p in grid["points"]], dtype=float)  # points x seeds x items
         self.truth = np.nanmean(self.scores, axis=(1, 2))
         self.best = int(np.argmax(self.truth))
-        self.design = design_points(self.shares)
+        self.design = design_points(self.shares)[:initial]  # the sequential searches' first runs
+        self.fixed = design_points(self.shares)  # the fixed design: all ten
 
     def mde(self) -> tuple[float, Components]:
         pool = pool_seed_variance(list(self.scores))
@@ -304,7 +350,7 @@ def sequential_gp(grid: Grid, observed: np.ndarray, per_round: int, registered: 
 
 
 def fixed(grid: Grid, observed: np.ndarray):
-    return [(len(grid.design), _recommend(grid, list(grid.design), observed))]
+    return [(len(grid.fixed), _recommend(grid, list(grid.fixed), observed))]
 
 
 def random_search(grid: Grid, observed: np.ndarray, rng: np.random.Generator):
@@ -347,7 +393,7 @@ def replay(grid: Grid, replays: int = 20, per_round: int = 3, seed: int = 0, gp:
             needed["sequential-gp"].append(runs_needed(grid, sequential_gp(grid, observed, per_round, registered_gp), tolerance))
     medians = {name: float(np.median(values)) for name, values in needed.items()}
     score = score_predictions(*zip(*registered)) if registered else {}
-    return {"n_points": len(grid.truth), "best": dict(zip(grid.components, grid.shares[grid.best].round(4).tolist())),
+    return {"n_points": len(grid.truth), "initial": len(grid.design), "best": dict(zip(grid.components, grid.shares[grid.best].round(4).tolist())),
             "best_score": float(grid.truth[grid.best]), "mde": tolerance, "components": components.as_dict(), "replays": replays,
             "per_round": per_round, "runs_needed": needed, "median": medians,
             "ratio_to_fixed": {n: _ratio(m, medians["fixed"]) for n, m in medians.items()},
@@ -363,7 +409,8 @@ def _ratio(a: float, b: float) -> float | None:
 def _show(result: dict) -> str:
     cap = result["n_points"]
     lines = [f"grid: {cap} points, best {result['best']} scores {result['best_score']:.4f}; one MDE = {result['mde']:.4f} "
-             f"(power.mde, alpha 0.05, {result['components']['n_seeds']} seeds, {result['components']['n_items']} items)",
+             f"(power.mde, alpha 0.05, {result['components']['n_seeds']} seeds, {result['components']['n_items']} items); "
+             f"the sequential searches start from {result['initial']} design points, then {result['per_round']} a round",
              f"{'strategy':<13} {'median runs':>11} {'/ fixed':>8} {'/ random':>9} {'found <= 10':>11} {'mean runs':>9}   "
              f"(over {result['replays']} replays; mean: not found counts {cap + 1})"]  # fmt: skip
     for name, median in result["median"].items():
@@ -387,10 +434,11 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--replay", type=Path, metavar="GRID", help="replay the strategies against a grid file")
     what.add_argument("--synthetic", type=Path, metavar="OUT", help="write a planted synthetic grid (no training)")
     parser.add_argument("--points", type=int, default=None, help="--record: only the first N lattice points (a smoke test)")
-    parser.add_argument("--kind", choices=sorted(KINDS), default="planted", help="--synthetic: which planted grid")
+    parser.add_argument("--kind", choices=sorted([*KINDS, "memoriser"]), default="planted", help="--synthetic: which planted grid")
     parser.add_argument("--sweep-dir", type=Path, default=ROOT / "multirun_outputs" / "mixture_grid", help="--record: where the runs go")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=3)
+    parser.add_argument("--initial", type=int, default=None, help="--replay: the sequential searches start from the design's first N points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gp", action="store_true", help="--replay: also the sequential search with a Gaussian process (comparison)")
     parser.add_argument("--json", type=Path, default=None, help="--replay: also write the numbers here")
@@ -400,10 +448,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.record:
         record(args.record, args.sweep_dir.resolve(), extra, args.points)
     elif args.synthetic:
-        write_grid(args.synthetic, synthetic_grid(args.seed, **KINDS[args.kind]))
+        write_grid(args.synthetic, memoriser_grid(args.seed) if args.kind == "memoriser" else synthetic_grid(args.seed, **KINDS[args.kind]))
         print(args.synthetic)
     else:
-        result = replay(Grid(read_grid(args.replay)), args.replays, args.per_round, args.seed, args.gp)
+        result = replay(Grid(read_grid(args.replay), args.initial), args.replays, args.per_round, args.seed, args.gp)
         print(_show(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -115,6 +115,38 @@ def test_expected_scores_and_the_optimum_follow_from_the_parameters():
     assert mixture_optimum(replace(params, transfer=0.9))["translated"] > optimum["translated"]
 
 
+def test_one_row_per_fact_gives_a_kinked_surface_with_its_peak_where_every_source_is_used_up():
+    """planted=sharp: a source's term rises linearly with its rows until they are all drawn, then stays
+    flat, so the optimum is the point where each source is used up and a 0.1 step away costs the
+    linear fall of the source it takes from."""
+    params = PlantedParams(copies=1, facts_by_source={"native": 160, "synthetic": 120, "translated": 120}, budget=400,
+                           transfer=0.8, wrong_rate=0.1)  # fmt: skip
+    params.check()
+    assert planted.seen(params, 60, "native") == pytest.approx(60 / 160) and planted.seen(params, 300, "native") == 1.0
+    assert mixture_optimum(params) == {"native": 0.4, "synthetic": 0.3, "translated": 0.3}
+    score = lambda n, s, t: planted.expected_score(params, {"native": n * 400, "synthetic": s * 400, "translated": t * 400})  # noqa: E731
+    peak = score(0.4, 0.3, 0.3)
+    assert peak == pytest.approx((160 * 1.0 + 120 * 0.9 + 120 * 0.8) / 400)  # every fact known, each at its source's value
+    # a step of 0.1 (40 rows) away loses 40 of the donor's facts, each worth its value less chance; the receiver gains none
+    assert peak - score(0.3, 0.4, 0.3) == pytest.approx(40 * (1.0 - CHANCE) / 400)
+    assert peak - score(0.4, 0.4, 0.2) == pytest.approx(40 * (0.8 - CHANCE) / 400)
+    rows = generate(params)
+    assert [len(rows[f"{s}/train/mcqu"]) for s in planted.SOURCES] == [160, 120, 120] and len(rows["native/test/mcqu"]) == 400
+    with pytest.raises(planted.UserError, match="planted.facts_by_source: one entry for each of native, synthetic, translated"):
+        replace(params, facts_by_source={"native": 10, "synthetic": 10}).check()
+
+
+def test_the_sharp_variant_composes_and_its_shares_past_a_source_repeat_rows(tmp_path):
+    cfg = compose_cfg("experiment=known_answer_mixture", "planted=sharp", f"paths.cache_dir={tmp_path}",
+                      "mix.weights={native:0.6,synthetic:0.2,translated:0.2}")  # fmt: skip
+    assert cfg.planted.facts_by_source == {"native": 160, "synthetic": 120, "translated": 120} and cfg.mix.allow_repeat is True
+    prepared = prepare_data(DataSettings.of(cfg))  # 240 native rows wanted from its 160: whole passes, then a seeded draw
+    assert prepared.manifest["n_examples"] == 400 and sum(prepared.manifest["counts"]["native"].values()) == 240
+    assert prepared.manifest["test_sets"]["native"]["by_type"]["mcqu"] == 400
+    truth_file = json.loads((Path(cfg.paths.sample_data) / "truth.json").read_text())
+    assert truth_file["optimum"] == {"native": 0.4, "synthetic": 0.3, "translated": 0.3}
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_provenance_config_prepares_the_planted_data(tmp_path, config):
     cfg = compose_cfg("experiment=known_answer", f"data={config}", f"paths.cache_dir={tmp_path}")
@@ -161,6 +193,9 @@ def test_the_command_line_writes_the_data_and_refuses_a_bad_budget(tmp_path, cap
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jsonl")) == sorted(
         f"{o}/{s}/{t}.jsonl" for o, s in (("native", "train"), ("synthetic", "train"), ("translated", "train"), ("native", "test"), ("translated", "test"))
         for t in ("mcqu", "mcq", "oeq"))  # fmt: skip
+    planted.main([str(tmp_path / "uneven"), "--facts", "native=20,synthetic=15,translated=15", "--copies", "1"])
+    uneven = json.loads((tmp_path / "uneven" / "truth.json").read_text())["params"]
+    assert uneven["facts_by_source"] == {"native": 20, "synthetic": 15, "translated": 15} and uneven["budget"] == 20  # the largest source's rows
     with pytest.raises(SystemExit) as exit_info:
         planted.main([str(tmp_path / "bad"), "--budget", "0"])
     assert exit_info.value.code == 2 and "planted.budget: between 1 and facts x copies" in capsys.readouterr().err

@@ -7,7 +7,7 @@ the run hash (`unhashed`) and which range its value must lie in (`allowed=`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 
@@ -268,6 +268,7 @@ class PlantedConfig:
     budget: int = 48  # training examples per run the truth is computed for (the experiments' mix.budget)
     transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
     wrong_rate: float = 0.3  # synthetic: share of its facts taught with a wrong letter
+    facts_by_source: Optional[Dict[str, int]] = None  # facts per source where they differ (replaces `facts`)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Known-answer data: three training sources whose value for the test set is known by construction.
 
 `python -m medinject.data.planted OUT [--seed S] [--flat] [--facts N] [--copies R] [--budget B]
-[--transfer T] [--wrong-rate W]` (the budget is facts x copies unless given) writes, in the layout of
+[--transfer T] [--wrong-rate W]` (the budget is the largest source's facts x copies unless given) writes, in the layout of
 the bundled sample (`<origin>/<split>/<type>.jsonl`, MedInjection-FR schema, all three task types),
 the sources native, synthetic and translated, the native
 and translated test sets, and `truth.json` (the metric the truth is planted in, the expected score of
@@ -14,7 +14,7 @@ them right; within each group of facts every letter is the right one equally oft
 letter prior (the letter it favours for a marker it never saw) scores exactly chance on a group it was
 not taught, whichever letter it favours.
 The native test set asks one mcqu item per fact (`Quelle est la valeur associée au repère X ?`); the
-facts are split into three groups of `facts` each, and each source teaches one group, `copies` distinct
+facts are split into three groups of `facts` each (or `facts_by_source`), and each source teaches one group, `copies` distinct
 rows per fact (the test's question behind a different lead-in, so the duplicate filter keeps them).
 Every source asks in the test's phrasing: what differs is the letter it teaches, the one thing the tiny
 model memorises, so the value of a source is a property of the data, not of how far a random model
@@ -45,11 +45,13 @@ is a model of a learner that memorises marker -> letter, not a measurement. Its 
    (the hypergeometric chance that none of its rows was drawn; a real-valued n_s is used for the mixture);
 4. facts and letters do not interfere: a group is worth the same whatever else is trained on.
 
-So expected(shares) = sum over sources of (1/3) [1/5 + seen_s(n_s) (value_s - 1/5)], with value 1 for
-native, `transfer` for translated and `1 - wrong_rate` for synthetic. Each term is concave and saturates
-in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
+So expected(shares) = sum over sources of (F_s / F) [1/5 + seen_s(n_s) (value_s - 1/5)], F_s the facts of
+source s and F all of them, with value 1 for native, `transfer` for translated and `1 - wrong_rate` for
+synthetic. Each term is concave and saturates in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
 refined by scipy). With equal budgets (the seven configurations, `mix=equal_budget`) n_s = budget / the
-number of sources of the configuration. A real model memorises imperfectly; the known-answer study
+number of sources of the configuration. With one row per fact (`copies` 1, `planted=sharp`) seen_s is
+min(1, n_s / F_s): each term rises linearly to a kink where its source is used up, and the optimum is the
+point where every source is, a sharp peak rather than a flat top. A real model memorises imperfectly; the known-answer study
 asks whether the pipeline recovers this ranking, not whether the numbers match.
 """
 
@@ -62,7 +64,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -98,12 +100,24 @@ class PlantedParams:
     budget: int = 180  # training examples per run (mix.budget of the known-answer experiments)
     transfer: float = 0.6  # translated: share of its facts whose letter carries over to the test
     wrong_rate: float = 0.2  # synthetic: share of its facts taught with a wrong letter
+    facts_by_source: dict[str, int] | None = None  # facts per source where they differ (replaces `facts`)
+
+    def facts_of(self, source: str) -> int:
+        return int(self.facts_by_source[source]) if self.facts_by_source else self.facts
+
+    @property
+    def rows(self) -> int:
+        """Training rows of all three sources together."""
+        return sum(self.facts_of(s) for s in SOURCES) * self.copies
 
     def check(self) -> None:
-        if self.facts < 2 or self.copies < 1:
-            raise UserError(f"planted: facts >= 2 and copies >= 1, got facts={self.facts}, copies={self.copies}")
-        if not 0 < self.budget <= self.facts * self.copies:
-            raise UserError(f"planted.budget: between 1 and facts x copies ({self.facts * self.copies}), got {self.budget}")
+        if self.facts_by_source is not None and sorted(self.facts_by_source) != sorted(SOURCES):
+            raise UserError(f"planted.facts_by_source: one entry for each of {', '.join(SOURCES)}, got {', '.join(sorted(self.facts_by_source))}")
+        facts = {s: self.facts_of(s) for s in SOURCES}
+        if min(facts.values()) < 2 or self.copies < 1:
+            raise UserError(f"planted: facts >= 2 per source and copies >= 1, got facts={facts}, copies={self.copies}")
+        if not 0 < self.budget <= self.rows:
+            raise UserError(f"planted.budget: between 1 and facts x copies of the three sources ({self.rows}), got {self.budget}")
         for name in ("transfer", "wrong_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"planted.{name}: a share in [0, 1], got {getattr(self, name)}")
@@ -119,9 +133,10 @@ def value(params: PlantedParams, source: str) -> float:
     return {"native": 1.0, "translated": params.transfer, "synthetic": 1.0 - params.wrong_rate}[source]
 
 
-def seen(params: PlantedParams, n: float) -> float:
-    """Probability that a fact of a source is seen when n of its copies x facts rows are drawn (assumption 3)."""
-    k = params.facts * params.copies
+def seen(params: PlantedParams, n: float, source: str = SOURCES[0]) -> float:
+    """Probability that a fact of `source` is seen when n of its copies x facts rows are drawn (assumption
+    3); 1 once n reaches them all (mix.allow_repeat repeats rows, it adds no fact)."""
+    k = params.facts_of(source) * params.copies
     unseen = 1.0
     for j in range(params.copies):
         unseen *= max(k - n - j, 0.0) / (k - j)
@@ -129,8 +144,10 @@ def seen(params: PlantedParams, n: float) -> float:
 
 
 def expected_score(params: PlantedParams, examples: dict[str, float]) -> float:
-    """The modelled test score of a run trained on `examples[source]` rows of each source."""
-    return sum((CHANCE + seen(params, examples.get(s, 0.0)) * (value(params, s) - CHANCE)) / len(SOURCES) for s in SOURCES)
+    """The modelled test score of a run trained on `examples[source]` rows of each source: each source's
+    group of test items weighs its share of them."""
+    total = sum(params.facts_of(s) for s in SOURCES)
+    return sum(params.facts_of(s) / total * (CHANCE + seen(params, examples.get(s, 0.0), s) * (value(params, s) - CHANCE)) for s in SOURCES)
 
 
 def config_names() -> list[str]:
@@ -175,7 +192,14 @@ def truth(params: PlantedParams) -> dict:
 # --- the rows -----------------------------------------------------------------------------------------
 
 
-def _facts(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
+def _value_syllables(params: PlantedParams) -> int:
+    """Syllables of a value word: two while the words of two syllables are plenty for every fact's five
+    values (the default data), three beyond (the draw below needs far more words than it takes)."""
+    values = sum(params.facts_of(s) for s in SOURCES) * len(LETTERS) * (2 if params.flat else 1)
+    return 2 if 2 * values <= len(_SYLLABLES) ** 2 * len(_SUFFIXES) else 3
+
+
+def _facts(rng: random.Random, n: int, taken: set[str], syllables: int = 2) -> list[dict]:
     facts = []
     while len(facts) < n:
         marker = "".join(rng.choice(_SYLLABLES) for _ in range(3))
@@ -184,7 +208,7 @@ def _facts(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
         taken.add(marker)
         values = []  # the fact's own five values: every option line says which fact is asked
         while len(values) < len(LETTERS):
-            word = "".join(rng.choice(_SYLLABLES) for _ in range(2)) + rng.choice(_SUFFIXES)
+            word = "".join(rng.choice(_SYLLABLES) for _ in range(syllables)) + rng.choice(_SUFFIXES)
             if word not in taken:
                 taken.add(word)
                 values.append(word)
@@ -231,10 +255,11 @@ def generate(params: PlantedParams) -> dict[str, list[dict]]:
     params.check()
     rng = random.Random(f"planted-v{VERSION}-{params.seed}")
     taken: set[str] = set()
-    groups = {s: _facts(rng, params.facts, taken) for s in SOURCES}
+    syllables = _value_syllables(params)
+    groups = {s: _facts(rng, params.facts_of(s), taken, syllables) for s in SOURCES}
     test_facts = [fact for s in SOURCES for fact in groups[s]]
     if params.flat:  # every source teaches facts the test never asks about
-        groups = {s: _facts(rng, params.facts, taken) for s in SOURCES}
+        groups = {s: _facts(rng, params.facts_of(s), taken, syllables) for s in SOURCES}
     files: dict[str, list[dict]] = {}
     for source, facts in groups.items():
         rows = []
@@ -299,7 +324,10 @@ def params_of(node) -> PlantedParams | None:
     """The parameters of a `planted` config node, or None for no node (the config plants nothing)."""
     if node is None:
         return None
-    return PlantedParams(**{k: node[k] for k in PlantedParams.__dataclass_fields__ if k in node})
+    values = {k: node[k] for k in PlantedParams.__dataclass_fields__ if k in node}
+    if values.get("facts_by_source") is not None:
+        values["facts_by_source"] = {str(s): int(n) for s, n in dict(values["facts_by_source"]).items()}
+    return PlantedParams(**values)
 
 
 def ensure_planted(planted, sample_data: str | Path) -> Path | None:
@@ -319,6 +347,15 @@ def fingerprint(params: PlantedParams) -> str:
     return hashlib.sha256(json.dumps({"version": VERSION, **asdict(params)}, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _facts_arg(text: str) -> int | dict[str, int]:
+    if text.isdigit():
+        return int(text)
+    try:
+        return {name.strip(): int(n) for name, n in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--facts: N or native=N,synthetic=N,translated=N, got {text!r}") from None
+
+
 @tool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m medinject.data.planted", description=__doc__.split("\n\n")[0])
@@ -326,14 +363,18 @@ def main(argv: list[str] | None = None) -> None:
     defaults = PlantedParams()
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--flat", action="store_true", help="plant no difference at all")
-    parser.add_argument("--facts", type=int, default=defaults.facts, help="facts per source")
+    parser.add_argument("--facts", type=_facts_arg, default=defaults.facts,
+                        help="facts per source: N, or native=N,synthetic=N,translated=N where they differ")
     parser.add_argument("--copies", type=int, default=defaults.copies, help="training rows per fact")
-    parser.add_argument("--budget", type=int, default=None, help="training examples per run the truth is computed for (default: facts x copies)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="training examples per run the truth is computed for (default: the largest source's facts x copies)")
     parser.add_argument("--transfer", type=float, default=defaults.transfer, help="translated: share of facts whose letter transfers")
     parser.add_argument("--wrong-rate", type=float, default=defaults.wrong_rate, help="synthetic: share of facts taught wrong")
     args = parser.parse_args(argv)
-    budget = args.facts * args.copies if args.budget is None else args.budget
-    params = PlantedParams(args.seed, args.flat, args.facts, args.copies, budget, args.transfer, args.wrong_rate)
+    facts, by_source = (args.facts, None) if isinstance(args.facts, int) else (defaults.facts, args.facts)
+    params = PlantedParams(args.seed, args.flat, facts, args.copies, 1, args.transfer, args.wrong_rate, by_source)
+    largest = max(params.facts_of(s) for s in SOURCES) * params.copies  # the rows of the largest source
+    params = replace(params, budget=largest if args.budget is None else args.budget)
     planted = write(args.out, params)
     ranking = sorted(planted["expected"], key=lambda c: -planted["expected"][c])
     print(f"{args.out}: {planted['metric']} planted; ranking {' > '.join(ranking)}; optimum {planted['optimum']}")
