@@ -20,8 +20,9 @@ its share reaches them) and answers each unseen fact with one letter per run, it
 replacement (the same draw for every point) and, for every point, which of the grid's seeds a run of
 it gives: a run's score is that seed's mean over the drawn items. Strategies, one seed per point:
 
-* `sequential`: experiment=mixture_search's 10-point design (its first `--initial` points: 7 is the
-  simplex-centroid design of vertices, edge midpoints and centroid), then rounds of `--per-round` points
+* `sequential`: experiment=mixture_search's 10-point design (its first `--initial` points, as
+  `mixture.initial` runs them: 7 is the simplex-centroid design of vertices, edge midpoints and
+  centroid), then rounds of `--per-round` points
   chosen by expected improvement (medinject.report.search, as `mixture.rounds` does); after each
   round it recommends the best lattice point, taking a point's observed score where it was run and
   the fitted surface's elsewhere;

@@ -102,9 +102,25 @@ def test_a_dry_run_plans_the_design_and_says_rounds_follow():
     assert "then 3 round(s) of the mixture search, 2 point(s) each x 2 run(s) per point" in result.stdout
 
 
+def test_the_rounds_can_start_from_the_designs_first_points():
+    """mixture.initial=7: the simplex-centroid part of experiment=mixture_search's ten points (vertices,
+    edge midpoints, centroid), each with both seeds, is what runs before the rounds."""
+    result = cli("train.py", "-m", "experiment=mixture_search", "mixture.rounds=2", "mixture.per_round=1", "mixture.initial=7", "seed=1,2",
+                 "dry_run=true", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "=== dry run: 14 of 14 jobs planned" in result.stdout and "then 2 round(s) of the mixture search, 1 point(s) each x 2 run(s)" in result.stdout
+    from medinject.sweep.rounds import initial_design
+
+    batches = [[["mix.weights={a:1,b:0}", "seed=1"], ["mix.weights={a:1,b:0}", "seed=2"]], [["mix.weights={a:0,b:1}", "seed=1"]],
+               [["mix.weights={a:0.5,b:0.5}", "seed=1"]]]  # fmt: skip
+    assert initial_design(batches, 2, 1) == batches[:2] and initial_design(batches, None, 1) is batches
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (("experiment=mixture_search", "mixture.rounds=1", "mixture.initial=11"), "mixture.initial: 11 is out of range; allowed: 1 to the 10 mix.weights points"),
+        (("experiment=mixture_search", "mixture.initial=7"), "mixture.initial=7: it sets the design the rounds start from, so it needs mixture.rounds >= 1"),
         (("experiment=mixture_search", "mixture.rounds=1", "mixture.per_round=0"), "mixture.per_round: 0 is out of range; allowed: an integer >= 1"),
         (("experiment=mixture_search", "mixture.rounds=1", "mixture.step=0.3"), "mixture.step: 0.3 is out of range"),
         (("experiment=smoke", "seed=1,2", "mixture.rounds=1"), "mixture.rounds=1: the rounds choose mix.weights"),

@@ -249,6 +249,7 @@ class MixtureSearchConfig:
     per_round: int = 3  # points per round (each run with every seed of the design)
     metric: Optional[str] = None  # eval/<test set>/<task>/<metric> to maximise; None: truth.json's, else the first main metric
     step: float = 0.05  # candidate points: the lattice of shares in multiples of this
+    initial: Optional[int] = None  # the design's first N mix.weights points only (7 of experiment=mixture_search's: vertices, edge midpoints, centroid)
 
 
 @dataclass

@@ -44,6 +44,21 @@ ACQUISITION = ("expected improvement on the Scheffé surface fitted to every com
                "greedy with the believer update (medinject.report.search)")
 
 
+def initial_design(batches: list[list], initial: int | None, rounds: int) -> list[list]:
+    """The design's batches keeping only the jobs of its first `initial` distinct mix.weights points
+    (`mixture.initial`; None keeps them all); the order and the other swept values stay."""
+    if initial is None:
+        return batches
+    weights = list(dict.fromkeys(next((str(o) for o in job if str(o).startswith(WEIGHTS)), "") for batch in batches for job in batch))
+    if rounds == 0:
+        raise UserError(f"mixture.initial={initial}: it sets the design the rounds start from, so it needs mixture.rounds >= 1")
+    if not 1 <= initial <= len(weights) or "" in weights:
+        raise UserError(f"mixture.initial: {initial!r} is out of range; allowed: 1 to the {len(weights)} mix.weights points the sweep lists")
+    kept = set(weights[:initial])
+    filtered = [[job for job in batch if next(str(o) for o in job if str(o).startswith(WEIGHTS)) in kept] for batch in batches]
+    return [batch for batch in filtered if batch]
+
+
 class SearchRounds:
     """The rounds of one sweep; built before anything is launched, so a bad setting stops it at once."""
 
