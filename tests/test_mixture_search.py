@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli
 
+from medinject.config import MixStrategy, TaskBalance
 from medinject.report.registered import rounds_section, score_predictions
 from medinject.report.search import best_point, candidate_lattice, choose_points, fit_surface, register
 
@@ -203,6 +204,43 @@ def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
     quotas7, _, _, realized7 = candidates(candidate_lattice(3, 0.5), ["native", "synthetic", "translated"], 7, {}, False, set())
     assert all(sum(q.values()) == 7 for q in quotas7) and np.allclose(realized7.sum(axis=1), 1)
     assert {tuple(sorted(q.values())) for q in quotas7} == {(0, 0, 7), (0, 3, 4)}
+
+
+def test_with_balanced_task_types_a_candidate_trains_exactly_when_the_mix_can_draw_it():
+    """mix.task_balance=balanced splits a source's quota evenly over its task types, so a source with
+    enough rows in all can still lack them in one type: the rounds' candidates must agree with what
+    mix=weighted (data/mix.select) actually trains, point by point."""
+    from omegaconf import OmegaConf
+
+    from medinject.data.mix import select
+    from medinject.data.rows import Example, Rows
+    from medinject.sweep.rounds import candidates
+    from medinject.util.errors import UserError
+
+    sources = ["native", "synthetic", "translated"]
+    sizes = {"native": {"mcqu": 12, "oeq": 2}, "synthetic": {"mcqu": 5, "oeq": 5}, "translated": {"mcq": 3, "mcqu": 9, "oeq": 9}}
+
+    def rows(source):
+        made = [Example(f"{source}-{t}-{i}", source, t, f"q {source} {t} {i}", "", "A", ("A", "B") if t != "oeq" else (), "train", "f", i + 1)
+                for t, n in sizes[source].items() for i in range(n)]  # fmt: skip
+        return Rows.from_examples(made)
+
+    by_source = {s: rows(s) for s in sources}
+    lattice = candidate_lattice(3, 0.1)
+    counts = {s: sum(v.values()) for s, v in sizes.items()}
+    _, trains, _, _ = candidates(lattice, sources, 10, counts, False, set(), sizes)
+    _, by_total, _, _ = candidates(lattice, sources, 10, counts, False, set())
+    for point, predicted in zip(lattice, trains):
+        mix = OmegaConf.create({"strategy": "weighted", "budget": 10, "allow_repeat": False, "task_balance": "balanced",
+                                "weights": dict(zip(sources, map(float, point)))})  # fmt: skip
+        mix.strategy, mix.task_balance = MixStrategy.weighted, TaskBalance.balanced
+        try:
+            select(by_source, mix, 1)
+            drawn = True
+        except UserError:
+            drawn = False
+        assert predicted == drawn, (point, predicted)
+    assert (by_total & ~trains).any()  # points the total alone would wrongly call trainable (native's 2 oeq rows)
 
 
 def test_the_bench_prints_runs_needed_as_ratios_and_the_coverage(tmp_path):

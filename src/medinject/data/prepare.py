@@ -179,7 +179,8 @@ def prepare_data(cfg: DataSettings, hashes: dict[str, str] | None = None) -> Pre
     manifest = {
         "data_config": cfg.data.name,
         "sources": {
-            name: {"rows": len(train[name]), "skipped_bad_rows": skipped[name], "duplicates": duplicates[name]}
+            name: {"rows": len(train[name]), "by_type": dict(Counter(train[name].column("type").to_pylist())), "skipped_bad_rows": skipped[name],
+                   "duplicates": duplicates[name]}
             for name in sorted(train)
         },
         "test_sets": {name: {"rows": len(rows), "by_type": dict(Counter(r.type for r in rows))} for name, rows in sorted(tests.items())},

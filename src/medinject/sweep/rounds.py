@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medinject.data.mix import _weighted_quotas
+from medinject.data.mix import _split_evenly, _weighted_quotas
 from medinject.report.mixture import order_components
 from medinject.report.registered import PREDICTIONS, ROUND, score_predictions
 from medinject.report.search import CONFIDENCE, candidate_lattice, choose_points, fit_surface, register
@@ -86,6 +86,7 @@ class SearchRounds:
         self.components = order_components(str(k) for k in job.mix.weights)
         self.budget = int(job.mix.budget)
         self.allow_repeat = bool(job.mix.allow_repeat)
+        self.balanced = getattr(job.mix.task_balance, "value", job.mix.task_balance) == "balanced"
         # every other swept value (seeds, ...) of the design, once each: a new point runs with each of them
         self.variants = list(dict.fromkeys(tuple(o for o in job if not o.startswith(WEIGHTS)) for job in self.design))
 
@@ -135,10 +136,11 @@ class SearchRounds:
             save_summary(jobs)  # sweep_summary.json as far as the sweep got
 
     def _plan(self, number: int, metric: str, jobs: list[dict]) -> dict:
-        shares, scores, trained, rows = self._observations(jobs, metric)
+        shares, scores, trained, rows, by_type = self._observations(jobs, metric)
         surface, why = fit_surface(self.components, shares, scores)
         lattice = candidate_lattice(len(self.components), self.step)
-        quotas, trains, new, realized = candidates(lattice, self.components, self.budget, rows, self.allow_repeat, trained)
+        quotas, trains, new, realized = candidates(lattice, self.components, self.budget, rows, self.allow_repeat, trained,
+                                                   by_type if self.balanced else None)  # fmt: skip
         picks = choose_points(surface, realized, shares, trains & new, self.per_round, self.step / 2)
         n_seeds = len(self.variants)
         registered = register(surface, realized[[p["index"] for p in picks]], n_seeds) if picks else []
@@ -172,8 +174,9 @@ class SearchRounds:
     # ------------------------------------------------------------------------------------ reading
 
     def _observations(self, jobs: list[dict], metric: str):
-        """(shares per run, score per run, compositions trained, rows per source) of the completed runs."""
-        shares, scores, trained, rows = [], [], set(), {}
+        """(shares per run, score per run, compositions trained, rows per source, rows per source and task
+        type) of the completed runs."""
+        shares, scores, trained, rows, by_type = [], [], set(), {}, {}
         for entry in jobs:
             results = _results(entry)
             if results is None:
@@ -190,7 +193,9 @@ class SearchRounds:
             for source, info in (manifest.get("sources") or {}).items():
                 if isinstance(info, dict) and isinstance(info.get("rows"), int):
                     rows[source] = info["rows"]
-        return np.array(shares, dtype=float).reshape(-1, len(self.components)), np.array(scores, dtype=float), trained, rows
+                if isinstance(info, dict) and isinstance(info.get("by_type"), dict):
+                    by_type[source] = {str(t): int(n) for t, n in info["by_type"].items()}
+        return np.array(shares, dtype=float).reshape(-1, len(self.components)), np.array(scores, dtype=float), trained, rows, by_type
 
     def _metric(self, sweep_dir: Path, jobs: list[dict]) -> str:
         """`mixture.metric`, else the planted truth's metric (truth.json), else the first main metric every
@@ -217,13 +222,23 @@ class SearchRounds:
         raise UserError(f"mixture.metric: none given and no main metric ({', '.join(MAIN_METRICS)}) in the runs; set mixture.metric=eval/<set>/<task>/<metric>")
 
 
-def candidates(lattice: np.ndarray, components: list[str], budget: int, rows: dict[str, int], allow_repeat: bool, trained: set):
+def candidates(lattice: np.ndarray, components: list[str], budget: int, rows: dict[str, int], allow_repeat: bool, trained: set,
+               by_type: dict[str, dict[str, int]] | None = None):  # fmt: skip
     """For each lattice point (shares in `components` order): the examples per source it trains (the
     quotas `mix=weighted` draws), whether the sources have them (each source's `rows`; any number with
     `allow_repeat`), whether no run trained that composition yet (`trained`: tuples of counts), and its
-    shares as trained (quotas / budget)."""
+    shares as trained (quotas / budget). With `by_type` (`mix.task_balance=balanced`: each source's rows
+    per task type) a source's quota is split evenly over its types as the mix splits it, and each part
+    must fit its type."""
+
+    def fits(source: str, quota: int) -> bool:
+        if by_type is not None and by_type.get(source):
+            types = by_type[source]
+            return all(part <= types[t] for t, part in _split_evenly(quota, sorted(types)).items())
+        return quota <= rows.get(source, math.inf)
+
     quotas = [_weighted_quotas(dict(zip(components, map(float, w))), sorted(components), budget) for w in lattice]
-    trains = np.array([allow_repeat or all(q[s] <= rows.get(s, math.inf) for s in components) for q in quotas], dtype=bool)
+    trains = np.array([allow_repeat or all(fits(s, q[s]) for s in components) for q in quotas], dtype=bool)
     new = np.array([tuple(q[s] for s in components) not in trained for q in quotas], dtype=bool)
     realized = np.array([[q[s] / budget for s in components] for q in quotas], dtype=float)
     return quotas, trains, new, realized
