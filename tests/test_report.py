@@ -17,13 +17,11 @@ from medinject.util.errors import UserError
 from medinject.report.build import build_report
 
 CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-SEEDS = SWEEP_SEEDS
-SMALL = SMALL_SWEEP
 KEPT = ("results.json", "predictions.jsonl", "config.yaml", ".hydra")  # what the report reads
 
 
 def _train_one(run_dir: Path, data: str, seed: int, *extra: str) -> subprocess.CompletedProcess:
-    return cli("train.py", *SMALL, f"data={data}", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}")
+    return cli("train.py", *SMALL_SWEEP, f"data={data}", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,7 @@ def sweep_dir(provenance_sweep) -> Path:
     which also built the report."""
     root = provenance_sweep
     summary = json.loads((root / "sweep_summary.json").read_text())
-    assert summary["counts"]["completed"] == len(CONFIGS) * len(SEEDS)
+    assert summary["counts"]["completed"] == len(CONFIGS) * len(SWEEP_SEEDS)
     assert (root / "report.html").is_file()  # built when the multirun ended
     return root
 

@@ -174,8 +174,7 @@ class SweeperWithSummary(BasicSweeper):
             run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
             planned.append({"num": len(earlier) + len(planned), "overrides": list(job), "run_dir": str(run_dir.resolve()), "data": cfg.data.name, "seed": cfg.seed})
         every = [{k: job[k] for k in ("num", "overrides", "run_dir", "data", "seed")} for job in earlier] + planned
-        write_json_atomic(sweep_dir / rundir.SWEEP_JOBS, {"sweep_dir": str(sweep_dir.resolve()), "started": self._started,
-                                                         "n_jobs": len(every), "jobs": every})
+        rundir.write_job_list(sweep_dir, every, self._started)
         batch = max((len(b) for b in self.overrides), default=1)
         progress = ProgressWatch(planned, parallel_jobs(self.config.hydra.get("launcher"), batch))
         progress.start()

@@ -202,6 +202,12 @@ def read_job_list(path: Path) -> list[SweepJob]:
     return listed["jobs"]
 
 
+def write_job_list(sweep_dir: Path, jobs: list[SweepJob], started: float) -> None:
+    """The sweep's job list (`SWEEP_JOBS`): every planned job and when this invocation started, written
+    atomically before the jobs launch (read back by `read_job_list` and `job_list_started`)."""
+    write_json_atomic(sweep_dir / SWEEP_JOBS, {"sweep_dir": str(Path(sweep_dir).resolve()), "started": started, "n_jobs": len(jobs), "jobs": jobs})
+
+
 def job_list_started(sweep_dir: Path) -> float | None:
     """When the sweep's latest invocation started (`SWEEP_JOBS`' `started`, seconds since the epoch,
     written by the sweeper), or None where the job list is missing, damaged or does not say."""
