@@ -146,7 +146,7 @@ def memoriser_grid(seed: int = 0) -> dict:
     the answer (the generator balances the letters, so that is chance on average)."""
     from omegaconf import OmegaConf
 
-    from medinject.data.planted import LETTERS, generate, params_of
+    from medinject.data.planted import LETTERS, generate, mixture_optimum, params_of
 
     params = params_of(OmegaConf.load(ROOT / "conf" / "planted" / "sharp.yaml"))
     rows = generate(params)
@@ -170,8 +170,6 @@ def memoriser_grid(seed: int = 0) -> dict:
             prior = (answers == rng.integers(len(LETTERS))).astype(int)
             scores[str(s)] = np.where(known >= 0, known, prior).tolist()
         points.append({"lattice": list(c), "shares": dict(zip(SOURCES, x.round(4).tolist())), "scores": scores})
-    from medinject.data.planted import mixture_optimum
-
     return {"format": FORMAT, "metric": "planted-sharp/memoriser/em", "components": SOURCES, "step": STEP, "seeds": list(SEEDS),
             "items": [f"item{i}" for i in range(len(items))], "points": points,
             "source": f"memoriser_grid(seed={seed}) of conf/planted/sharp.yaml", "planted_best": mixture_optimum(params)}  # fmt: skip

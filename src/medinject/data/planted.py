@@ -1,24 +1,23 @@
 """Known-answer data: three training sources whose value for the test set is known by construction.
 
 `python -m medinject.data.planted OUT [--seed S] [--flat] [--facts N] [--copies R] [--budget B]
-[--transfer T] [--wrong-rate W]` (the budget is the largest source's facts x copies unless given) writes, in the layout of
-the bundled sample (`<origin>/<split>/<type>.jsonl`, MedInjection-FR schema, all three task types),
-the sources native, synthetic and translated, the native
-and translated test sets, and `truth.json` (the metric the truth is planted in, the expected score of
-each of the seven provenance configurations, the optimum of the mixture and whether the data are flat).
+[--transfer T] [--wrong-rate W]` (the budget is the largest source's facts x copies unless given)
+writes, in the layout of the bundled sample (`<origin>/<split>/<type>.jsonl`, MedInjection-FR schema,
+all three task types), the sources native, synthetic and translated, the native and translated test
+sets, and `truth.json` (the metric the truth is planted in, the expected score of each of the seven
+provenance configurations, the optimum of the mixture and whether the data are flat).
 `experiment=known_answer` and `experiment=known_answer_mixture` generate it into the cache themselves
 (`ensure_planted`, called by the data stage) from the `planted` config group.
 
 The task. A *fact* is a made-up marker word and five made-up values of its own (options A-E), one of
 them right; within each group of facts every letter is the right one equally often, so a learner's
 letter prior (the letter it favours for a marker it never saw) scores exactly chance on a group it was
-not taught, whichever letter it favours.
-The native test set asks one mcqu item per fact (`Quelle est la valeur associée au repère X ?`); the
-facts are split into three groups of `facts` each (or `facts_by_source`), and each source teaches one group, `copies` distinct
-rows per fact (the test's question behind a different lead-in, so the duplicate filter keeps them).
-Every source asks in the test's phrasing: what differs is the letter it teaches, the one thing the tiny
-model memorises, so the value of a source is a property of the data, not of how far a random model
-generalises across wordings.
+not taught, whichever letter it favours. The native test set asks one mcqu item per fact (`Quelle est la
+valeur associée au repère X ?`); the facts are split into three groups of `facts` each (or
+`facts_by_source`), and each source teaches one group, `copies` distinct rows per fact (the test's
+question behind a different lead-in, so the duplicate filter keeps them). Every source asks in the
+test's phrasing: what differs is the letter it teaches, the one thing the tiny model memorises, so the
+value of a source is a property of the data, not of how far a random model generalises across wordings.
 
 * **native** teaches its group with the test's option order: a learner that memorised a row answers
   the test item right;
@@ -47,12 +46,13 @@ is a model of a learner that memorises marker -> letter, not a measurement. Its 
 
 So expected(shares) = sum over sources of (F_s / F) [1/5 + seen_s(n_s) (value_s - 1/5)], F_s the facts of
 source s and F all of them, with value 1 for native, `transfer` for translated and `1 - wrong_rate` for
-synthetic. Each term is concave and saturates in its share, so the best mixture is interior: `optimum` is its maximum over the simplex (a 0.01 lattice
-refined by scipy). With equal budgets (the seven configurations, `mix=equal_budget`) n_s = budget / the
-number of sources of the configuration. With one row per fact (`copies` 1, `planted=sharp`) seen_s is
-min(1, n_s / F_s): each term rises linearly to a kink where its source is used up, and the optimum is the
-point where every source is, a sharp peak rather than a flat top. A real model memorises imperfectly; the known-answer study
-asks whether the pipeline recovers this ranking, not whether the numbers match.
+synthetic. Each term is concave and saturates in its share, so the best mixture is interior: `optimum`
+is its maximum over the simplex (a 0.01 lattice refined by scipy). With equal budgets (the seven
+configurations, `mix=equal_budget`) n_s = budget / the number of sources of the configuration. With one
+row per fact (`copies` 1, `planted=sharp`) seen_s is min(1, n_s / F_s): each term rises linearly to a
+kink where its source is used up, and the optimum is the point where every source is, a sharp peak
+rather than a flat top. A real model memorises imperfectly; the known-answer study asks whether the
+pipeline recovers this ranking, not whether the numbers match.
 """
 
 from __future__ import annotations
