@@ -241,8 +241,8 @@ class Grid:
         self.scores = np.array([[p["scores"][str(s)] for s in grid["seeds"]] for p in grid["points"]], dtype=float)  # points x seeds x items
         self.truth = np.nanmean(self.scores, axis=(1, 2))
         self.best = int(np.argmax(self.truth))
-        self.design = design_points(self.shares)[:initial]  # the sequential searches' first runs
         self.fixed = design_points(self.shares)  # the fixed design: all ten
+        self.design = self.fixed[:initial]  # the sequential searches' first runs
 
     def mde(self) -> tuple[float, Components]:
         pool = pool_seed_variance(list(self.scores))

@@ -106,9 +106,14 @@ class PlantedParams:
         return int(self.facts_by_source[source]) if self.facts_by_source else self.facts
 
     @property
+    def total_facts(self) -> int:
+        """Facts of all three sources together: the native test set's items."""
+        return sum(self.facts_of(s) for s in SOURCES)
+
+    @property
     def rows(self) -> int:
         """Training rows of all three sources together."""
-        return sum(self.facts_of(s) for s in SOURCES) * self.copies
+        return self.total_facts * self.copies
 
     def check(self) -> None:
         if self.facts_by_source is not None and sorted(self.facts_by_source) != sorted(SOURCES):
@@ -133,7 +138,7 @@ def value(params: PlantedParams, source: str) -> float:
     return {"native": 1.0, "translated": params.transfer, "synthetic": 1.0 - params.wrong_rate}[source]
 
 
-def seen(params: PlantedParams, n: float, source: str = SOURCES[0]) -> float:
+def seen(params: PlantedParams, n: float, source: str) -> float:
     """Probability that a fact of `source` is seen when n of its copies x facts rows are drawn (assumption
     3); 1 once n reaches them all (mix.allow_repeat repeats rows, it adds no fact)."""
     k = params.facts_of(source) * params.copies
@@ -146,8 +151,7 @@ def seen(params: PlantedParams, n: float, source: str = SOURCES[0]) -> float:
 def expected_score(params: PlantedParams, examples: dict[str, float]) -> float:
     """The modelled test score of a run trained on `examples[source]` rows of each source: each source's
     group of test items weighs its share of them."""
-    total = sum(params.facts_of(s) for s in SOURCES)
-    return sum(params.facts_of(s) / total * (CHANCE + seen(params, examples.get(s, 0.0), s) * (value(params, s) - CHANCE)) for s in SOURCES)
+    return sum(params.facts_of(s) / params.total_facts * (CHANCE + seen(params, examples.get(s, 0.0), s) * (value(params, s) - CHANCE)) for s in SOURCES)
 
 
 def config_names() -> list[str]:
@@ -195,7 +199,7 @@ def truth(params: PlantedParams) -> dict:
 def _value_syllables(params: PlantedParams) -> int:
     """Syllables of a value word: two while the words of two syllables are plenty for every fact's five
     values (the default data), three beyond (the draw below needs far more words than it takes)."""
-    values = sum(params.facts_of(s) for s in SOURCES) * len(LETTERS) * (2 if params.flat else 1)
+    values = params.total_facts * len(LETTERS) * (2 if params.flat else 1)
     return 2 if 2 * values <= len(_SYLLABLES) ** 2 * len(_SUFFIXES) else 3
 
 

@@ -49,13 +49,13 @@ def initial_design(batches: list[list], initial: int | None, rounds: int) -> lis
     (`mixture.initial`; None keeps them all); the order and the other swept values stay."""
     if initial is None:
         return batches
-    weights = list(dict.fromkeys(next((str(o) for o in job if str(o).startswith(WEIGHTS)), "") for batch in batches for job in batch))
+    weights = list(dict.fromkeys(_weights_of(job) for batch in batches for job in batch))
     if rounds == 0:
         raise UserError(f"mixture.initial={initial}: it sets the design the rounds start from, so it needs mixture.rounds >= 1")
     if not 1 <= initial <= len(weights) or "" in weights:
         raise UserError(f"mixture.initial: {initial!r} is out of range; allowed: 1 to the {len(weights)} mix.weights points the sweep lists")
     kept = set(weights[:initial])
-    filtered = [[job for job in batch if next(str(o) for o in job if str(o).startswith(WEIGHTS)) in kept] for batch in batches]
+    filtered = [[job for job in batch if _weights_of(job) in kept] for batch in batches]
     return [batch for batch in filtered if batch]
 
 
@@ -77,7 +77,7 @@ class SearchRounds:
         self.rounds, self.per_round, self.step = int(search.rounds), int(search.per_round), float(search.step)
         self.metric = search.metric
         self.design = [_strip(job) for job in design]
-        if not self.design or any(not any(o.startswith(WEIGHTS) for o in job) for job in self.design):
+        if not self.design or not all(map(_weights_of, self.design)):
             raise UserError(f"mixture.rounds={self.rounds}: the rounds choose mix.weights, so the sweep's design must sweep "
                             "mix.weights (e.g. experiment=mixture_search)")  # fmt: skip
         job = sweeper._job_config(self.design[0])
@@ -103,7 +103,7 @@ class SearchRounds:
             design = {"round": 0, "status": "finished", "metric": metric, "components": self.components, "budget": self.budget,
                       "fit": None, "fit_reason": "the initial design: no run before it",
                       "points": [{"weights": w, "why": "the initial design (hydra.sweeper.params mix.weights)"}
-                                 for w in dict.fromkeys(next(o for o in job if o.startswith(WEIGHTS)) for job in self.design)]}  # fmt: skip
+                                 for w in dict.fromkeys(map(_weights_of, self.design))]}  # fmt: skip
             write_json_atomic(sweep_dir / ROUND.format(n=0), design)
         for number in range(1, self.rounds + 1):
             path = sweep_dir / ROUND.format(n=number)
@@ -252,6 +252,11 @@ def _registration(record: dict) -> dict:
         "fit": record["fit"],
         "points": [{k: p[k] for k in ("shares", "weights", "n_seeds", "predicted", "interval")} for p in record["points"]],
     }  # fmt: skip
+
+
+def _weights_of(job) -> str:
+    """A job's `mix.weights=` override, or "" where it has none."""
+    return next((str(o) for o in job if str(o).startswith(WEIGHTS)), "")
 
 
 def _strip(job) -> list[str]:

@@ -75,17 +75,18 @@ class SweeperWithSummary(BasicSweeper):
             log.info("local launcher: %d job(s) at a time, %d GPU(s) each", batch_size, gpu_plan.per_job)
         self._batch_size, self._gpu_plan = batch_size, gpu_plan
         self.overrides = self.split_arguments(overrides, batch_size)
+        rounds = OmegaConf.select(self.config, "mixture.rounds") or 0
         if OmegaConf.select(self.config, "mixture.initial") is not None:  # the rounds start from the design's first points
             from medinject.sweep.rounds import initial_design
 
             try:
-                self.overrides = initial_design(self.overrides, self.config.mixture.initial, OmegaConf.select(self.config, "mixture.rounds") or 0)
+                self.overrides = initial_design(self.overrides, self.config.mixture.initial, rounds)
             except UserError as err:
                 _exit(2, str(err))
         if gpu_plan is not None:
             self.overrides = [self._with_gpus(batch) for batch in self.overrides]
         search = None
-        if (OmegaConf.select(self.config, "mixture.rounds") or 0) != 0:  # the sequential mixture search
+        if rounds != 0:  # the sequential mixture search
             from medinject.sweep.rounds import SearchRounds
 
             try:
