@@ -175,12 +175,12 @@ def memoriser_grid(seed: int = 0) -> dict:
             "source": f"memoriser_grid(seed={seed}) of conf/planted/sharp.yaml", "planted_best": mixture_optimum(params)}  # fmt: skip
 
 
-def record(out: Path, sweep_dir: Path, extra: list[str], n_points: int | None = None) -> None:
-    """Train the grid through the CLI (completed runs are skipped on a rerun) and save its scores;
-    `n_points`: only the first points of the lattice (a smoke test of the recording)."""
+def record(out: Path, sweep_dir: Path, extra: list[str], n_points: int | None = None, experiment: str = "known_answer_mixture") -> None:
+    """Train the grid through the CLI with `experiment` (completed runs are skipped on a rerun) and save
+    its scores; `n_points`: only the first points of the lattice (a smoke test of the recording)."""
     wanted = lattice()[:n_points]
     weights = ",".join("{" + ",".join(f"{s}:{v / 10:g}" for s, v in zip(SOURCES, c)) + "}" for c in wanted)
-    command = [sys.executable, "train.py", "-m", "experiment=known_answer_mixture", f"mix.weights={weights}",
+    command = [sys.executable, "train.py", "-m", f"experiment={experiment}", f"mix.weights={weights}",
                f"seed={','.join(map(str, SEEDS))}", "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}", *extra]  # fmt: skip
     print(f"training the grid: {len(wanted)} points x {len(SEEDS)} seeds -> {sweep_dir}", flush=True)
     done = subprocess.run(command, cwd=ROOT, check=False)
@@ -210,7 +210,7 @@ def record(out: Path, sweep_dir: Path, extra: list[str], n_points: int | None = 
         point["scores"][str(job["seed"])] = [float(r[field]) for r in rows]
     points = [by_point[k] for k in wanted if k in by_point and len(by_point[k]["scores"]) == len(SEEDS)]
     grid = {"format": FORMAT, "metric": metric, "components": SOURCES, "step": STEP, "seeds": list(SEEDS), "items": items or [],
-            "points": points, "source": f"recorded: {' '.join(command[1:3])} ... in {sweep_dir}", "planted_best": truth.get("optimum")}  # fmt: skip
+            "points": points, "source": f"recorded: {' '.join(command[1:4])} ... in {sweep_dir}", "planted_best": truth.get("optimum")}  # fmt: skip
     write_grid(out, grid)
     print(f"{out}: {len(points)} of {len(wanted)} points with every seed ({metric})")
     if done.returncode != 0 or len(points) < len(wanted):
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--synthetic", type=Path, metavar="OUT", help="write a planted synthetic grid (no training)")
     parser.add_argument("--points", type=int, default=None, help="--record: only the first N lattice points (a smoke test)")
     parser.add_argument("--kind", choices=sorted([*KINDS, "memoriser"]), default="planted", help="--synthetic: which planted grid")
+    parser.add_argument("--experiment", default="known_answer_mixture", help="--record: the experiment that trains it (known_answer_sharp: planted=sharp)")
     parser.add_argument("--sweep-dir", type=Path, default=ROOT / "multirun_outputs" / "mixture_grid", help="--record: where the runs go")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=3)
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     if extra and not args.record:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.record:
-        record(args.record, args.sweep_dir.resolve(), extra, args.points)
+        record(args.record, args.sweep_dir.resolve(), extra, args.points, args.experiment)
     elif args.synthetic:
         write_grid(args.synthetic, memoriser_grid(args.seed) if args.kind == "memoriser" else synthetic_grid(args.seed, **KINDS[args.kind]))
         print(args.synthetic)
