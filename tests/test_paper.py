@@ -101,6 +101,7 @@ def test_the_dry_run_plans_eight_sbatch_jobs_without_a_model_and_writes_no_run(t
     for line in power:
         mdes = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(", ")]
         assert "1 seed (this sweep)" in line and len(mdes) == 4 and mdes[1] > mdes[2] > mdes[3] > 0
+    assert "(1 seed: a z test that takes the seed variance as known" in out  # why 2 seeds can read worse than 1
 
 
 def test_a_dry_run_reports_every_job_that_cannot_run_and_fails(tmp_path):

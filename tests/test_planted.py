@@ -176,6 +176,7 @@ def test_the_experiments_and_the_flat_option_compose():
         sweep = compose("train", overrides=["experiment=known_answer"], return_hydra_config=True)
         flat = compose("train", overrides=["experiment=known_answer", "planted=flat"], return_hydra_config=True)
         mixture = compose("train", overrides=["experiment=known_answer_mixture"], return_hydra_config=True)
+        sharp = compose("train", overrides=["experiment=known_answer_sharp"], return_hydra_config=True)
     assert sweep.hydra.sweeper.params.data == "glob(*,exclude=base)" and sweep.sweep_name == "known_answer_default"
     assert sweep.planted.flat is False and flat.planted.flat is True and flat.sweep_name == "known_answer_flat"
     assert sweep.paths.sample_data.endswith("/planted/default-s0") and flat.paths.sample_data.endswith("/planted/flat-s0")
@@ -184,6 +185,10 @@ def test_the_experiments_and_the_flat_option_compose():
     assert len(mixture.hydra.sweeper.params["mix.weights"].split("},")) == 10
     assert mixture.hydra.sweeper.params.seed == "1,2"  # two seeds per point: seed noise can be estimated
     assert mixture.adapter.target_modules == sweep.adapter.target_modules and "lm_head" in sweep.adapter.target_modules
+    # the sharp search: planted=sharp on the mixture search, the preset widened to memorise 400 one-row facts
+    assert sharp.planted.name == "sharp" and sharp.sweep_name == "known_answer_mixture_sharp" and sharp.mix.budget == 400
+    assert (sharp.trainer.batch_size, sharp.trainer.max_steps) == (32, 700) and mixture.trainer.batch_size == 8
+    assert sharp.mix.allow_repeat is True and sharp.hydra.sweeper.params["mix.weights"] == mixture.hydra.sweeper.params["mix.weights"]
 
 
 def test_the_command_line_writes_the_data_and_refuses_a_bad_budget(tmp_path, capsys):

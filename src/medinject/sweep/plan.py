@@ -149,6 +149,9 @@ def power_plan(cfg: DictConfig, test_items: dict[str, dict[str, int]], n_configs
             c = replace(pilot[task], seed_pool=n_configs) if task in pilot else Components(p.seed_variance, p.item_variance, p.item_seed_variance, 2, n, seed_pool=n_configs)
             mdes = ", ".join(f"{k} seed{'s' if k > 1 else ''}{' (this sweep)' if k == n_seeds else ''} {mde(c, k, level, n_items=n):.3f}" for k in seeds)
             lines.append(f"  {test_set}/{task} ({n:,} items): {mdes}")
+    lines.append("  (1 seed: a z test that takes the seed variance as known, since one run cannot estimate it; from 2 seeds "
+                 "the test estimates it with configs x (seeds - 1) degrees of freedom, so 2 seeds of few configs can need "
+                 "a larger difference than 1)")
     return "\n".join(lines)
 
 
