@@ -170,8 +170,8 @@ def test_replay_on_the_memoriser_grid_of_the_sharp_known_answer_data():
     """planted=sharp's model (one row per fact: a kinked surface peaked at 0.4/0.3/0.3, 400 items) drawn
     item by item for a perfect memoriser. Seven design points and one point a round reach one MDE of the
     best in at most 10 runs and in at most half random search's; the quadratic fitted to the fixed
-    design alone misses the kink; the registered intervals cover at least 85%. This is the model, not a
-    trained grid: the tiny preset does not yet memorise these data (docs/benchmarks.md)."""
+    design alone misses the kink; the registered intervals cover at least 85%. This is the model; the
+    trained grid is the next test's."""
     bench = _bench()
     grid = bench.memoriser_grid()
     assert len(grid["points"]) == 66 and len(grid["items"]) == 400
@@ -185,6 +185,35 @@ def test_replay_on_the_memoriser_grid_of_the_sharp_known_answer_data():
     assert result["coverage"] >= 0.85 and result["registered"] > 0
     truth = replayed.truth
     assert (truth >= truth.max() - result["mde"]).sum() <= 2  # a sharp peak for its MDE: random search needs many draws
+
+
+def test_replay_on_the_recorded_grid_of_the_sharp_known_answer_data():
+    """The grid `--record --experiment known_answer_sharp` trained on planted=sharp (66 points x 2 seeds,
+    400 items). The trained scores are the planted ones: every point's mean lies close to what
+    medinject.data.planted's model expects of its shares, and the grid's best is the planted peak.
+    Seven design points and one point a round reach one MDE of that best in at most 10 runs, half random
+    search's or fewer and no more than the fixed design's; the registered intervals cover at least 85%."""
+    from omegaconf import OmegaConf
+
+    from medinject.data.planted import expected_score, params_of
+
+    bench = _bench()
+    grid = bench.read_grid(ROOT / "tests" / "data" / "mixture_grid_sharp.json.gz")
+    assert len(grid["points"]) == 66 and grid["seeds"] == [1, 2] and len(grid["items"]) == 400
+    assert "experiment=known_answer_sharp" in grid["source"]
+    params = params_of(OmegaConf.load(ROOT / "conf" / "planted" / "sharp.yaml"))
+    planted = np.array([expected_score(params, {s: share * params.budget for s, share in p["shares"].items()}) for p in grid["points"]])
+    found = np.array([np.mean([np.mean(v) for v in p["scores"].values()]) for p in grid["points"]])
+    assert np.abs(found - planted).max() <= 0.04 and np.corrcoef(found, planted)[0, 1] >= 0.98  # measured: 0.025 and 0.997
+    replayed = bench.Grid(grid, initial=7)
+    result = bench.replay(replayed, replays=20, per_round=1, seed=0)
+    assert result["best"] == grid["planted_best"] == {"native": 0.4, "synthetic": 0.3, "translated": 0.3}
+    median = result["median"]
+    assert median["sequential"] <= 10 and median["sequential"] * 2 <= median["random"], median
+    assert median["sequential"] <= median["fixed"]
+    assert result["coverage"] >= 0.85 and result["registered"] > 0
+    truth = replayed.truth
+    assert (truth >= truth.max() - result["mde"]).sum() == 1  # only the peak: a random point is rarely within one MDE
 
 
 def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
