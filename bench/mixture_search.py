@@ -3,12 +3,13 @@
     python bench/mixture_search.py --record tests/data/mixture_grid_known_answer.json.gz   # trains 66 x 2 runs
     python bench/mixture_search.py --replay tests/data/mixture_grid_known_answer.json.gz
     python bench/mixture_search.py --synthetic tests/data/mixture_grid_planted.json.gz [--kind broad]  # planted, no training
+    python bench/mixture_search.py --record tests/data/mixture_grid_sharp.json.gz --experiment known_answer_sharp
+    python bench/mixture_search.py --replay tests/data/mixture_grid_sharp.json.gz --initial 7 --per-round 1
     python bench/mixture_search.py --synthetic /tmp/memoriser.json.gz --kind memoriser   # planted=sharp's model, no training
-    python bench/mixture_search.py --replay /tmp/memoriser.json.gz --initial 7 --per-round 1
 
 `--record` trains the dense grid through the real CLI: the 66 points of the 0.1 lattice on the three
 sources, seeds 1 and 2, on `experiment=known_answer_mixture` (the known-answer data and tiny preset
-of experiment=known_answer, mix=weighted), and saves every point's per-seed, per-item scores of the
+of experiment=known_answer, mix=weighted; `--experiment known_answer_sharp`: planted=sharp), and saves every point's per-seed, per-item scores of the
 planted truth's metric as a compact grid file (gzipped JSON). Rerunning it skips the runs done.
 
 `--synthetic --kind memoriser` is the grid `planted=sharp` would give a perfect memoriser

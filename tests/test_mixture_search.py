@@ -210,10 +210,12 @@ def test_replay_on_the_recorded_grid_of_the_sharp_known_answer_data():
     assert result["best"] == grid["planted_best"] == {"native": 0.4, "synthetic": 0.3, "translated": 0.3}
     median = result["median"]
     assert median["sequential"] <= 10 and median["sequential"] * 2 <= median["random"], median
-    assert median["sequential"] <= median["fixed"]
-    assert result["coverage"] >= 0.85 and result["registered"] > 0
+    assert median["sequential"] <= median["fixed"] and not math.isfinite(median["fixed"])  # the design's fit misses the kink
+    assert result["coverage"] >= 0.98 and result["registered"] > 0  # measured: 98.4%
     truth = replayed.truth
     assert (truth >= truth.max() - result["mde"]).sum() == 1  # only the peak: a random point is rarely within one MDE
+    defaults = bench.replay(bench.Grid(grid), replays=20, per_round=3, seed=0)  # 10 design points, 3 a round
+    assert defaults["median"]["sequential"] == 13
 
 
 def test_candidates_are_the_points_the_budget_and_allow_repeat_can_train():
