@@ -9,8 +9,9 @@
 
 `--record` trains the dense grid through the real CLI: the 66 points of the 0.1 lattice on the three
 sources, seeds 1 and 2, on `experiment=known_answer_mixture` (the known-answer data and tiny preset
-of experiment=known_answer, mix=weighted; `--experiment known_answer_sharp`: planted=sharp), and saves every point's per-seed, per-item scores of the
-planted truth's metric as a compact grid file (gzipped JSON). Rerunning it skips the runs done.
+of experiment=known_answer, mix=weighted; `--experiment known_answer_sharp`: planted=sharp), and
+saves every point's per-seed, per-item scores of the planted truth's metric as a compact grid file
+(gzipped JSON). Rerunning it skips the runs done.
 
 `--synthetic --kind memoriser` is the grid `planted=sharp` would give a perfect memoriser
 (medinject.data.planted's model, drawn item by item from its generated rows): a run knows the facts of

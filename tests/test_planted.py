@@ -185,7 +185,7 @@ def test_the_experiments_and_the_flat_option_compose():
     assert len(mixture.hydra.sweeper.params["mix.weights"].split("},")) == 10
     assert mixture.hydra.sweeper.params.seed == "1,2"  # two seeds per point: seed noise can be estimated
     assert mixture.adapter.target_modules == sweep.adapter.target_modules and "lm_head" in sweep.adapter.target_modules
-    # the sharp search: planted=sharp on the mixture search, the preset widened to memorise 400 one-row facts
+    # the sharp search: planted=sharp on the mixture search, 32 rows a step to memorise 400 one-row facts
     assert sharp.planted.name == "sharp" and sharp.sweep_name == "known_answer_mixture_sharp" and sharp.mix.budget == 400
     assert (sharp.trainer.batch_size, sharp.trainer.max_steps) == (32, 700) and mixture.trainer.batch_size == 8
     assert sharp.mix.allow_repeat is True and sharp.hydra.sweeper.params["mix.weights"] == mixture.hydra.sweeper.params["mix.weights"]
