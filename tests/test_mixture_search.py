@@ -203,17 +203,16 @@ def test_replay_on_the_recorded_grid_of_the_sharp_known_answer_data():
     assert len(grid["points"]) == 66 and grid["seeds"] == [1, 2] and len(grid["items"]) == 400
     assert "experiment=known_answer_sharp" in grid["source"]
     params = params_of(OmegaConf.load(ROOT / "conf" / "planted" / "sharp.yaml"))
-    planted = np.array([expected_score(params, {s: share * params.budget for s, share in p["shares"].items()}) for p in grid["points"]])
-    found = np.array([np.mean([np.mean(v) for v in p["scores"].values()]) for p in grid["points"]])
-    assert np.abs(found - planted).max() <= 0.04 and np.corrcoef(found, planted)[0, 1] >= 0.98  # measured: 0.025 and 0.997
     replayed = bench.Grid(grid, initial=7)
+    truth = replayed.truth  # each point's mean over its seeds and items
+    planted = np.array([expected_score(params, dict(zip(replayed.components, row * params.budget))) for row in replayed.shares])
+    assert np.abs(truth - planted).max() <= 0.04 and np.corrcoef(truth, planted)[0, 1] >= 0.98  # measured: 0.025 and 0.997
     result = bench.replay(replayed, replays=20, per_round=1, seed=0)
     assert result["best"] == grid["planted_best"] == {"native": 0.4, "synthetic": 0.3, "translated": 0.3}
     median = result["median"]
     assert median["sequential"] <= 10 and median["sequential"] * 2 <= median["random"], median
     assert median["sequential"] <= median["fixed"] and not math.isfinite(median["fixed"])  # the design's fit misses the kink
     assert result["coverage"] >= 0.98 and result["registered"] > 0  # measured: 98.4%
-    truth = replayed.truth
     assert (truth >= truth.max() - result["mde"]).sum() == 1  # only the peak: a random point is rarely within one MDE
     defaults = bench.replay(bench.Grid(grid), replays=20, per_round=3, seed=0)  # 10 design points, 3 a round
     assert defaults["median"]["sequential"] == 13
